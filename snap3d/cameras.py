@@ -315,10 +315,12 @@ def undistort(xy: Tensor, params: Tensor, camera_model: str, iterations: int = 2
     Returns:
         [M,2] undistorted normalised coordinates.
     """
-    if camera_model == "PINHOLE" or params.shape[-1] == 0 or not bool(params.any()):
+    if camera_model == "PINHOLE" or params.shape[-1] == 0:
         return xy
-    if camera_model == "OPENCV_FISHEYE":
+    if camera_model == "OPENCV_FISHEYE":  # not the identity even without coefficients
         return _undistort_fisheye(xy, params, iterations)
+    if not bool(params.any()):
+        return xy
     und = xy.clone()
     for _ in range(iterations):
         with torch.enable_grad():
@@ -438,7 +440,7 @@ def look_at(
     up = torch.as_tensor(up, dtype=eyes.dtype, device=eyes.device).expand_as(eyes)
     z = targets - eyes
     z = z / z.norm(dim=-1, keepdim=True)
-    x = torch.linalg.cross(z, -up)
+    x = torch.linalg.cross(z, up)
     bad = x.norm(dim=-1) < 1e-6
     if bool(bad.any()):  # looking along `up`: any perpendicular will do
         alt = torch.tensor([1.0, 0.0, 0.0], dtype=eyes.dtype, device=eyes.device).expand_as(eyes)

@@ -128,7 +128,7 @@ class _Element:
             raise Snap3dError(f"element {self.name} repeats a property name", path) from None
 
 
-def _parse_header(data: bytes, path: str | os.PathLike) -> tuple[str, list[_Element], int]:
+def parse_ply_header(data: bytes, path: str | os.PathLike) -> tuple[str, list[_Element], int]:
     """Return (format, elements, offset of the body) of a PLY file's bytes."""
     if not (data.startswith(b"ply\n") or data.startswith(b"ply\r\n")):
         raise Snap3dError("not a PLY file (it does not start with 'ply')", path)
@@ -167,9 +167,10 @@ def _parse_header(data: bytes, path: str | os.PathLike) -> tuple[str, list[_Elem
     return form, elements, end.end()
 
 
-def _read_vertices(data: bytes, path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """Return the vertex element's columns of a PLY file's bytes, by property name."""
-    form, elements, offset = _parse_header(data, path)
+def read_ply_vertices(data: bytes, path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """Return the vertex element's columns of a PLY file's bytes, by property name, each
+    in its declared type (uchar -> uint8, float -> float32, ...)."""
+    form, elements, offset = parse_ply_header(data, path)
     names = [e.name for e in elements]
     if "chunk" in names:
         raise Snap3dError("compressed (SuperSplat) PLY files are not supported", path)
@@ -195,7 +196,10 @@ def _read_vertices(data: bytes, path: str | os.PathLike) -> dict[str, np.ndarray
             table = np.array(rows, dtype=np.float64).reshape(vertex.count, -1)
         except ValueError:
             raise Snap3dError("PLY vertex data has a value that is not a number", path) from None
-        return {name: table[:, i] for i, (name, _) in enumerate(vertex.properties)}
+        types = vertex.dtype("<", path)  # the declared types, as the binary path returns
+        return {
+            name: table[:, i].astype(types[name]) for i, (name, _) in enumerate(vertex.properties)
+        }
 
     endian = _FORMATS[form]
     for element in [*before, vertex]:
@@ -228,7 +232,7 @@ def load_ply(path: str | os.PathLike) -> SplatData:
             lacks a property, has an f_rest count that is not 3K with K in
             {0, 3, 8, 15}, or holds NaN or infinite values.
     """
-    columns = _read_vertices(read_bytes(path), path)
+    columns = read_ply_vertices(read_bytes(path), path)
     missing = [name for name in _REQUIRED if name not in columns]
     if missing:
         raise Snap3dError(f"PLY vertex element lacks {', '.join(missing)}", path)
