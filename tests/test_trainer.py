@@ -15,7 +15,7 @@ from torch import nn
 
 from snap3d.errors import Snap3dError
 from snap3d.representations.base import ParamGroup, RenderOutput, SceneModel, image_batch
-from snap3d.train import Trainer, TrainConfig, evaluate, load_model, register_method
+from snap3d.train import TrainConfig, Trainer, evaluate, load_model, register_method
 from snap3d.train.checkpoint import checkpoint_dirs, config_from_dict, config_to_dict
 
 
@@ -96,7 +96,9 @@ def quantised(colours):
 
 
 def test_minimal_model_converges_to_mean_colour(scene, tmp_path):
-    cfg = TrainConfig(data=scene, output=tmp_path / "run", max_steps=300, progress=False, device="cpu")
+    cfg = TrainConfig(
+        data=scene, output=tmp_path / "run", max_steps=300, progress=False, device="cpu"
+    )
     trainer = Trainer("constant", ConstantConfig(full_batch=True), cfg)
     trainer.train()
     expected = quantised(TRAIN).mean(0)  # the least-squares optimum of one colour
@@ -120,12 +122,19 @@ def test_resume_continues_exactly(scene, tmp_path):
     assert torch.equal(straight.model.colour, resumed.model.colour)
     sa = straight.optimizers["colour"].state_dict()["state"][0]
     sb = resumed.optimizers["colour"].state_dict()["state"][0]
-    assert torch.equal(sa["exp_avg"], sb["exp_avg"]) and torch.equal(sa["exp_avg_sq"], sb["exp_avg_sq"])
+    assert torch.equal(sa["exp_avg"], sb["exp_avg"]) and torch.equal(
+        sa["exp_avg_sq"], sb["exp_avg_sq"]
+    )
 
 
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(scene, tmp_path):
     cfg = TrainConfig(
-        data=scene, output=tmp_path / "run", max_steps=20, save_every=5, progress=False, device="cpu"
+        data=scene,
+        output=tmp_path / "run",
+        max_steps=20,
+        save_every=5,
+        progress=False,
+        device="cpu",
     )
     trainer = Trainer("constant", ConstantConfig(nan_at_step=12), cfg)
     with pytest.raises(Snap3dError, match="at step 12.*step-000010"):
@@ -136,7 +145,9 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(scene, tmp_path):
 
 
 def test_failed_checkpoint_write_leaves_previous(scene, tmp_path, monkeypatch):
-    cfg = TrainConfig(data=scene, output=tmp_path / "run", max_steps=4, progress=False, device="cpu")
+    cfg = TrainConfig(
+        data=scene, output=tmp_path / "run", max_steps=4, progress=False, device="cpu"
+    )
     trainer = Trainer("constant", ConstantConfig(), cfg)
     trainer.train()
     import snap3d.train.checkpoint as ckpt_mod
@@ -154,7 +165,9 @@ def test_failed_checkpoint_write_leaves_previous(scene, tmp_path, monkeypatch):
 def test_eval_scores_and_writes_renders_in_order(scene, tmp_path):
     from snap3d.data import load
 
-    cfg = TrainConfig(data=scene, output=tmp_path / "run", max_steps=1, progress=False, device="cpu")
+    cfg = TrainConfig(
+        data=scene, output=tmp_path / "run", max_steps=1, progress=False, device="cpu"
+    )
     trainer = Trainer("constant", ConstantConfig(), cfg)
     trainer.train()
     model, _, _ = load_model(tmp_path / "run")
@@ -204,9 +217,9 @@ def test_config_round_trip():
 
     cfg = SplatConfig(sh_degree=1, strategy="mcmc", init_file=Path("x.ply"))
     assert config_from_dict(SplatConfig, config_to_dict(cfg)) == cfg
-    assert config_from_dict(TrainConfig, config_to_dict(TrainConfig(data=Path("d")))) == TrainConfig(
-        data=Path("d")
-    )
+    assert config_from_dict(
+        TrainConfig, config_to_dict(TrainConfig(data=Path("d")))
+    ) == TrainConfig(data=Path("d"))
     with pytest.raises(Snap3dError, match="no fields"):
         config_from_dict(ConstantConfig, {"bogus": 1})
 
