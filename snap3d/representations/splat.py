@@ -59,8 +59,8 @@ class SplatConfig:
     sh_degree: int = 3
     ssim_lambda: float = 0.2
     """Weight of D-SSIM in the photometric loss (1 - w for L1)."""
-    background: Literal["auto", "white", "black", "random"] = "auto"
-    """Background behind the splats. For RGBA data, random trains against random
+    train_background: Literal["auto", "white", "black", "random"] = "auto"
+    """Background behind the splats in training. For RGBA data, random trains against random
     colours so that the splats learn true transparency; auto means random for RGBA data
     and the dataset's colour otherwise. Evaluation uses the dataset's colour."""
     strategy: Literal["default", "mcmc"] = "default"
@@ -250,7 +250,7 @@ class SplatModel(SceneModel):
 
     def _train_background(self, batch: dict[str, Any]) -> Tensor | None:
         """Background of a training render of RGBA data; None keeps the dataset's."""
-        mode = self.config.background
+        mode = self.config.train_background
         if batch.get("alpha") is None or mode == "auto" and not self.scene.has_alpha:
             return None
         device = self.background.device

@@ -191,7 +191,7 @@ class Trainer:
             opt.zero_grad(set_to_none=True)
         model.after_step(step, output, self.optimizers)
         self.step += 1
-        values = {k: float(v) for k, v in losses.items()}
+        values = {k: float(v.detach()) for k, v in losses.items()}
         values["loss"] = float(total)
         return values
 
