@@ -27,9 +27,21 @@ def focus_point(cameras: Cameras) -> Tensor:
 
 
 def world_up(cameras: Cameras) -> Tensor:
-    """[3] unit vector: the mean image "up" (-y in OpenCV) of the cameras."""
+    """[3] unit vector pointing up in the capture.
+
+    The mean image "up" (-y in OpenCV) of the cameras, refined to the normal of the
+    plane through the camera centres when they lie near one (an orbit around an object),
+    since a single tilted camera or an off-centre ring biases the mean.
+    """
     up = -cameras.camtoworlds[:, :3, 1].mean(0)
-    return up / up.norm().clamp_min(1e-8)
+    up = up / up.norm().clamp_min(1e-8)
+    centers = cameras.centers - cameras.centers.mean(0)
+    if len(cameras) >= 3:
+        _, sv, vh = torch.linalg.svd(centers.double(), full_matrices=False)
+        normal = vh[-1].float()
+        if sv[-1] < 0.3 * sv[-2] and abs(float(normal @ up)) > 0.7:
+            up = normal if float(normal @ up) > 0 else -normal
+    return up
 
 
 def orbit_path(cameras: Cameras, num_frames: int) -> Cameras:
