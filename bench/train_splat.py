@@ -28,10 +28,12 @@ def run_one(data: Path, budget: float, eval_every: int, max_steps: int | None) -
     import torch
 
     from snap3d.representations.splat import SplatConfig
-    from snap3d.train import Trainer, TrainConfig
+    from snap3d.train import TrainConfig, Trainer
 
     out = Path(tempfile.mkdtemp(prefix="bench-splat-"))
-    cfg = TrainConfig(data=data, output=out, device="cpu", progress=False, save_every=0, max_steps=max_steps)
+    cfg = TrainConfig(
+        data=data, output=out, device="cpu", progress=False, save_every=0, max_steps=max_steps
+    )
     trainer = Trainer("splat", SplatConfig(), cfg)
     trainer.setup()
     curve = []
@@ -81,7 +83,9 @@ def main() -> None:
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print("RESULT " + json.dumps(run_one(args.data, args.budget, args.eval_every, args.max_steps)))
+        print(
+            "RESULT " + json.dumps(run_one(args.data, args.budget, args.eval_every, args.max_steps))
+        )
         return
 
     def child(env_extra: dict) -> dict:
@@ -101,7 +105,9 @@ def main() -> None:
     if args.baseline_pure_torch:
         report["pure_torch"] = child({"SNAP3D_NO_EXT": "1"})
     report["goal"] = {"psnr_db": 38.0, "within_seconds": 300}
-    report["goal_met"] = report["snap3d"]["final_psnr"] >= 38.0 and report["snap3d"]["train_seconds"] <= 300
+    report["goal_met"] = (
+        report["snap3d"]["final_psnr"] >= 38.0 and report["snap3d"]["train_seconds"] <= 300
+    )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=1))
     for name in ("snap3d", "pure_torch"):
