@@ -4,6 +4,7 @@ plain-PyTorch one are checked."""
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 
@@ -164,55 +165,71 @@ def assert_grads_close(grads, expected, rtol):
         assert err < rtol, f"{name}: relative error {err:.2e}"
 
 
-@pytest.mark.parametrize(
-    "case",
-    [
-        dict(),
-        dict(antialiased=True),
-        dict(dense=True, background=True),
-        dict(dense=True, antialiased=True, background=True),
-    ],
-    ids=["classic", "antialiased", "opaque+background", "opaque+antialiased+background"],
-)
-def test_matches_dense_reference_float64(compositor, case):
-    scene = random_scene(200 if case.get("dense") else 150, dense=case.get("dense", False))
-    backgrounds = torch.rand(2, 3, dtype=torch.float64) if case.get("background") else None
-    antialiased = case.get("antialiased", False)
-    mode = "antialiased" if antialiased else "classic"
+CASES = {
+    "classic": dict(),
+    "antialiased": dict(antialiased=True),
+    "opaque+background": dict(dense=True, background=True),
+    "opaque+antialiased+background": dict(dense=True, antialiased=True, background=True),
+}
 
-    def ours(*args):
-        return rasterize_gaussians(
-            *args, WIDTH, HEIGHT, backgrounds=backgrounds, rasterize_mode=mode
-        )[:2]
+
+def case_inputs(name):
+    case = CASES[name]
+    scene = random_scene(200 if case.get("dense") else 150, dense=case.get("dense", False))
+    g = torch.Generator().manual_seed(2)
+    backgrounds = (
+        torch.rand(2, 3, generator=g, dtype=torch.float64) if case.get("background") else None
+    )
+    return scene, backgrounds, case.get("antialiased", False)
+
+
+@functools.cache
+def reference_render(name):
+    """The dense reference's images and gradients for a case, shared by all tests."""
+    scene, backgrounds, antialiased = case_inputs(name)
 
     def reference(*args):
         return dense_reference(
             *args, WIDTH, HEIGHT, backgrounds=backgrounds, antialiased=antialiased
         )
 
+    return render_with_grads(reference, scene)
+
+
+def render_case(name, dtype):
+    scene, backgrounds, antialiased = case_inputs(name)
+    mode = "antialiased" if antialiased else "classic"
+
+    def ours(*args):
+        return rasterize_gaussians(
+            *args,
+            WIDTH,
+            HEIGHT,
+            backgrounds=None if backgrounds is None else backgrounds.to(dtype),
+            rasterize_mode=mode,
+        )[:2]
+
+    return render_with_grads(ours, [t.to(dtype) for t in scene])
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_matches_dense_reference_float64(compositor, name):
+    scene = case_inputs(name)[0]
     means, viewmats = scene[0], scene[5]
     depths = (means @ viewmats[:, :3, :3].transpose(1, 2) + viewmats[:, None, :3, 3])[..., 2]
     assert (depths < 0).any()  # some Gaussians are behind a camera
-    image, alpha, grads = render_with_grads(ours, scene)
-    ref_image, ref_alpha, ref_grads = render_with_grads(reference, scene)
-    assert ref_alpha.max() > 0.99 if case.get("dense") else ref_alpha.max() > 0.5
+    image, alpha, grads = render_case(name, torch.float64)
+    ref_image, ref_alpha, ref_grads = reference_render(name)
+    assert ref_alpha.max() > (0.99 if CASES[name].get("dense") else 0.5)
     torch.testing.assert_close(image, ref_image, atol=1e-10, rtol=0)
     torch.testing.assert_close(alpha, ref_alpha, atol=1e-10, rtol=0)
     assert_grads_close(grads, ref_grads, rtol=1e-9)
 
 
-def test_matches_dense_reference_float32(compositor):
-    scene64 = random_scene(200, dense=True, seed=3)
-    scene32 = [t.float() for t in scene64]
-
-    def ours(*args):
-        return rasterize_gaussians(*args, WIDTH, HEIGHT)[:2]
-
-    def reference(*args):
-        return dense_reference(*args, WIDTH, HEIGHT)
-
-    image, alpha, grads = render_with_grads(ours, scene32)
-    ref_image, ref_alpha, ref_grads = render_with_grads(reference, scene64)
+@pytest.mark.parametrize("name", ["classic", "opaque+antialiased+background"])
+def test_matches_dense_reference_float32(compositor, name):
+    image, alpha, grads = render_case(name, torch.float32)
+    ref_image, ref_alpha, ref_grads = reference_render(name)
     torch.testing.assert_close(image.double(), ref_image, atol=1e-5, rtol=0)
     torch.testing.assert_close(alpha.double(), ref_alpha, atol=1e-5, rtol=0)
     assert_grads_close([g.double() for g in grads], ref_grads, rtol=1e-4)
