@@ -5,7 +5,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
-EXTRAS ?= dev
+EXTRAS ?= dev,viewer,mobile
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.snap3d-installed
 

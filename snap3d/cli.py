@@ -136,7 +136,6 @@ def _train_cli(argv: list[str]) -> None:
         args=argv[1:],
         prog=f"snap3d train {spec.name}",
         description=spec.description,
-        config=(tyro.conf.FlagConversionOff,),
     )
     callbacks = []
     if args.train.viewer:
@@ -184,9 +183,7 @@ def _data_info(args: DataInfoArgs) -> None:
 
 def _dispatch(command: str, rest: list[str]) -> None:
     def parse(cls):
-        return tyro.cli(
-            cls, args=rest, prog=f"snap3d {command}", config=(tyro.conf.FlagConversionOff,)
-        )
+        return tyro.cli(cls, args=rest, prog=f"snap3d {command}")
 
     if command == "train":
         _train_cli(rest)

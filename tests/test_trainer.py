@@ -191,7 +191,7 @@ def test_cli_train_and_eval(scene, tmp_path, capsys):
 
     out = tmp_path / "cli-run"
     main(["train", "constant", "--data", str(scene), "--output", str(out), "--max-steps", "6",
-          "--lr", "0.1", "--progress", "False", "--device", "cpu"])  # fmt: skip
+          "--lr", "0.1", "--no-progress", "--device", "cpu"])  # fmt: skip
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["method"] == "constant" and cfg["model"]["lr"] == 0.1
     assert cfg["train"]["max_steps"] == 6
