@@ -51,7 +51,7 @@ class SplatConfig:
     """auto: the dataset's point cloud when it has one, else random in the scene box."""
     init_file: Path | None = None
     """A .ply/.spz/.splat to start from (fine-tuning a splat made elsewhere)."""
-    init_num_points: int = 20_000
+    init_num_points: int = 5_000
     """Number of random initial Gaussians."""
     init_opacity: float = 0.1
     init_scale: float = 1.0

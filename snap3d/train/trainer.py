@@ -192,7 +192,7 @@ class Trainer:
         model.after_step(step, output, self.optimizers)
         self.step += 1
         values = {k: float(v.detach()) for k, v in losses.items()}
-        values["loss"] = float(total)
+        values["loss"] = float(total.detach())
         return values
 
     def save(self) -> Path:
