@@ -1,0 +1,148 @@
+"""`splat4d` against static `splat` on the bundled dynamic scene: test PSNR, and the error
+of exported point trajectories against the scene's true motion.
+
+    python bench/splat4d.py [--out bench/results/splat4d.json] [--steps N] [--threads 1]
+
+Both methods train the same number of steps (default: their CPU schedule) on
+``assets/dynamic`` (D-NeRF layout, 128 px, one view per time) and are scored on its test
+split. The splat4d run then exports a trajectory video through ``snap3d export``'s code
+path, filmed by the camera of ``trajectories_test.npz`` at its 64 px resolution and test
+times; the error is the mean 3D distance between exported and true positions over the
+points the truth marks visible (and the export tracks), relative to the scene radius
+(half the diagonal of ``scene.json``'s aabb). For scale, the "static" error is that of
+points that do not move at all.
+
+Goals (issue 8): splat4d at least 33 dB; trajectory error under 2% of the scene radius.
+The JSON records threads and the CPU/wall ratio; on a shared machine timings are noisy.
+One torch thread is the default: with two contended cores, two threads made every
+operation many times slower in our measurements.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = ROOT / "assets" / "dynamic"
+
+
+def train(method: str, steps: int | None, workdir: Path) -> dict:
+    """Train ``method`` on the dynamic scene; returns its run directory and scores."""
+    from snap3d.train import TrainConfig, Trainer, get_method
+
+    run_dir = workdir / method
+    config = TrainConfig(
+        data=DATA, output=run_dir, device="cpu", progress=False, save_every=0, max_steps=steps
+    )
+    trainer = Trainer(method, get_method(method).config_cls(), config)
+    trainer.setup()
+    cpu0, wall0 = time.process_time(), time.perf_counter()
+    trainer.train()
+    wall = time.perf_counter() - wall0
+    cpu = time.process_time() - cpu0
+    result = trainer.run_eval()
+    print(f"{method}: {trainer.step} steps in {wall:.0f} s, {result['psnr']:.2f} dB", flush=True)
+    return {
+        "run_dir": run_dir,
+        "steps": trainer.step,
+        "train_seconds": round(wall, 1),
+        "ms_per_step": round(1000 * wall / max(trainer.step, 1), 1),
+        "cpu_over_wall": round(cpu / wall, 2),
+        "test_psnr": round(result["psnr"], 3),
+        "test_ssim": round(result["ssim"], 4),
+        "gaussians": trainer.model.num_gaussians,
+    }
+
+
+def trajectory_scores(run_dir: Path, workdir: Path) -> dict:
+    """Export a trajectory video at the truth's camera, resolution and times; score it."""
+    from snap3d.cameras import Cameras
+    from snap3d.io.export import export_run
+    from snap3d.representations.trajectory import PointTrajectoryVideo
+
+    truth = np.load(DATA / "trajectories_test.npz")
+    aabb = np.asarray(json.loads((DATA / "scene.json").read_text())["aabb"])
+    radius = float(np.linalg.norm(aabb[1] - aabb[0]) / 2)
+    camera = Cameras(
+        torch.from_numpy(truth["camtoworlds"])[None],
+        torch.from_numpy(truth["K"])[None],
+        truth["mask0"].shape[1],
+        truth["mask0"].shape[0],
+    )
+    path = workdir / "truth_camera.json"
+    path.write_text(json.dumps(camera.to_dict()))
+    wall0 = time.perf_counter()
+    out = export_run(
+        run_dir,
+        "trajectory-video",
+        workdir / "trajectories.npz",
+        camera_path=path,
+        times=tuple(float(t) for t in truth["times"]),
+    )
+    export_seconds = time.perf_counter() - wall0
+    video = PointTrajectoryVideo.load(out)
+    xyz, visible = video.xyz.numpy(), video.visible.numpy()
+    true_xyz, true_visible = truth["xyz"], truth["visible"]
+    tracked = visible[0]
+    scored = true_visible & tracked[None]
+    error = np.linalg.norm(xyz - true_xyz, axis=-1)
+    still = np.linalg.norm(true_xyz - true_xyz[:1], axis=-1)
+    agree = (visible == true_visible)[:, truth["mask0"]]
+    return {
+        "scene_radius": round(radius, 4),
+        "resolution": list(truth["mask0"].shape),
+        "frames": len(truth["times"]),
+        "mean_error": round(float(error[scored].mean()), 5),
+        "mean_error_over_radius": round(float(error[scored].mean()) / radius, 5),
+        "median_error_over_radius": round(float(np.median(error[scored])) / radius, 5),
+        "first_frame_error_over_radius": round(float(error[0][scored[0]].mean()) / radius, 5),
+        "static_error_over_radius": round(float(still[scored].mean()) / radius, 5),
+        "coverage": round(float(scored.sum() / true_visible.sum()), 4),
+        "visibility_agreement": round(float(agree.mean()), 4),
+        "export_seconds": round(export_seconds, 1),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "splat4d.json")
+    parser.add_argument("--steps", type=int, default=None, help="default: each method's own")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    workdir = Path(tempfile.mkdtemp(prefix="bench-splat4d-"))
+    report: dict = {
+        "scene": "assets/dynamic",
+        "resolution": 128,
+        "torch_threads": torch.get_num_threads(),
+        "nproc": os.cpu_count(),
+        "load_average_at_start": list(os.getloadavg()),
+    }
+    for method in ("splat", "splat4d"):
+        report[method] = train(method, args.steps, workdir)
+    report["trajectory"] = trajectory_scores(report["splat4d"].pop("run_dir"), workdir)
+    report["splat"].pop("run_dir")
+    report["load_average_at_end"] = list(os.getloadavg())
+    goals = {"splat4d_psnr_db": 33.0, "trajectory_error_over_radius": 0.02}
+    report["goals"] = goals
+    report["goals_met"] = {
+        "psnr": report["splat4d"]["test_psnr"] >= goals["splat4d_psnr_db"],
+        "trajectory": report["trajectory"]["mean_error_over_radius"]
+        < goals["trajectory_error_over_radius"],
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=1))
+    print(json.dumps(report, indent=1))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,149 @@
+"""HexPlane: a 4D (x, y, z, t) feature field factorised into six 2D feature planes.
+
+Each of the planes xy, xz, yz, xt, yt, zt is a ``[C, H, W]`` grid sampled bilinearly at
+the projection of a point onto it; the six samples are multiplied (Hadamard product)
+and the products of every resolution are concatenated (HexPlane, K-Planes, 4DGaussians).
+The time planes start at one, so that at initialisation the field does not depend on
+time; ``time_l1`` measures how far they have moved away from that.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+# Coordinate pairs (horizontal, vertical) of the six planes; 0, 1, 2 = x, y, z and 3 = t.
+PLANES = ((0, 1), (0, 2), (1, 2), (0, 3), (1, 3), (2, 3))
+SPATIAL_PLANES = (0, 1, 2)
+TIME_PLANES = (3, 4, 5)
+
+
+class HexPlane(nn.Module):
+    """Multi-resolution six-plane feature field over a box and a time range.
+
+    Args:
+        bounds: [2,3] min and max corners of the box the planes span, world units;
+            points outside read the border of the planes.
+        time_range: (t0, t1) mapped onto the time axis of the planes.
+        feature_dim: channels C of every plane.
+        resolution: spatial resolution of the coarsest planes.
+        time_resolution: time resolution of every plane (not multiplied by ``multires``).
+        multires: spatial resolution multipliers, one set of six planes each.
+        init_range: spatial planes start uniform in this range; time planes at one.
+        generator: random generator for the initial values.
+    """
+
+    def __init__(
+        self,
+        bounds: Tensor,
+        time_range: tuple[float, float],
+        feature_dim: int = 32,
+        resolution: int = 64,
+        time_resolution: int = 25,
+        multires: Sequence[int] = (1, 2),
+        init_range: tuple[float, float] = (0.1, 0.5),
+        generator: torch.Generator | None = None,
+    ):
+        super().__init__()
+        bounds = torch.as_tensor(bounds, dtype=torch.float32)
+        self.register_buffer("bounds", bounds.clone())
+        self.register_buffer("time_range", torch.tensor(time_range, dtype=torch.float32))
+        self.feature_dim = feature_dim
+        self.grids = nn.ParameterList()
+        for m in multires:
+            sizes = (resolution * m,) * 3 + (time_resolution,)
+            for i, (a, b) in enumerate(PLANES):
+                shape = (1, feature_dim, sizes[b], sizes[a])
+                if i in TIME_PLANES:
+                    plane = torch.ones(shape)
+                else:
+                    lo, hi = init_range
+                    plane = lo + (hi - lo) * torch.rand(shape, generator=generator)
+                self.grids.append(nn.Parameter(plane))
+
+    @property
+    def output_dim(self) -> int:
+        return self.feature_dim * len(self.grids) // len(PLANES)
+
+    def normalize(self, xyz: Tensor, t: Tensor) -> Tensor:
+        """[N,4] coordinates in [-1, 1]: the box and the time range mapped onto the planes.
+
+        Args:
+            xyz: [N,3] world points.
+            t: [N] times.
+        """
+        lo, hi = self.bounds[0], self.bounds[1]
+        p = 2 * (xyz - lo) / (hi - lo).clamp_min(1e-8) - 1
+        t0, t1 = self.time_range[0], self.time_range[1]
+        span = t1 - t0
+        tn = torch.where(span > 0, 2 * (t - t0) / span.clamp_min(1e-8) - 1, torch.zeros_like(t))
+        return torch.cat([p, tn[:, None]], dim=-1)
+
+    def forward(self, xyz: Tensor, t: Tensor) -> Tensor:
+        """Features of points at times.
+
+        Args:
+            xyz: [N,3] world points.
+            t: [N] times.
+
+        Returns:
+            [N, output_dim] features: per resolution, the product of the six bilinear
+            plane samples, resolutions concatenated.
+        """
+        coords = self.normalize(xyz, t.to(xyz))
+        features = []
+        for s in range(0, len(self.grids), len(PLANES)):
+            product = None
+            for (a, b), grid in zip(PLANES, self.grids[s : s + len(PLANES)], strict=True):
+                sample = sample_plane(grid, coords[:, [a, b]])
+                product = sample if product is None else product * sample
+            features.append(product)
+        return torch.cat(features, dim=-1)
+
+    def planes(self, which: Sequence[int]) -> list[Tensor]:
+        """The [1,C,H,W] grids of plane indices ``which`` (into PLANES) at every resolution."""
+        return [g for i, g in enumerate(self.grids) if i % len(PLANES) in which]
+
+    def total_variation(self) -> Tensor:
+        """Mean squared difference of neighbouring cells of the spatial planes."""
+        return torch.stack([plane_tv(g) for g in self.planes(SPATIAL_PLANES)]).mean()
+
+    def time_smoothness(self) -> Tensor:
+        """Mean squared second difference along time of the time planes."""
+        return torch.stack([time_second_difference(g) for g in self.planes(TIME_PLANES)]).mean()
+
+    def time_l1(self) -> Tensor:
+        """Mean |1 - value| of the time planes: zero while the field ignores time."""
+        return torch.stack([(1 - g).abs().mean() for g in self.planes(TIME_PLANES)]).mean()
+
+
+def sample_plane(grid: Tensor, uv: Tensor) -> Tensor:
+    """Bilinear samples of a plane, corners aligned (u = -1 is the centre of column 0).
+
+    Args:
+        grid: [1,C,H,W] plane.
+        uv: [N,2] coordinates in [-1, 1]: u along W, v along H; outside reads the border.
+
+    Returns:
+        [N,C] samples.
+    """
+    out = F.grid_sample(
+        grid, uv[None, :, None, :], mode="bilinear", padding_mode="border", align_corners=True
+    )
+    return out[0, :, :, 0].transpose(0, 1)
+
+
+def plane_tv(grid: Tensor) -> Tensor:
+    """Mean squared difference between neighbouring cells of a [1,C,H,W] plane, both axes."""
+    dh = (grid[..., 1:, :] - grid[..., :-1, :]).square().mean()
+    dw = (grid[..., :, 1:] - grid[..., :, :-1]).square().mean()
+    return dh + dw
+
+
+def time_second_difference(grid: Tensor) -> Tensor:
+    """Mean squared second difference along H (the time axis) of a [1,C,T,W] time plane."""
+    d = grid[..., 1:, :] - grid[..., :-1, :]
+    return (d[..., 1:, :] - d[..., :-1, :]).square().mean()

@@ -1,0 +1,563 @@
+"""4D Gaussian splats: canonical splats carried through time by a deformation field.
+
+The canonical Gaussians are a ``SplatModel`` (same parameters, same gsplat strategies).
+A ``DeformationField`` maps a canonical mean and a time to offsets of the mean, the
+rotation, the log-scales and optionally the opacity logit (4DGaussians): a multi-resolution
+HexPlane feeds a small trunk shared by one linear head per attribute; the heads start at
+zero, so that the field starts as the identity. Optional per-frame codes (4Real's
+per-frame deformation) join the HexPlane features; between training frames they are
+interpolated linearly in time.
+
+Training starts with a static warm-up (canonical splats only, deformation off), then
+trains both with the photometric loss plus the HexPlane regularisers (plane TV, time
+smoothness, L1 on the time planes) and the motion regularisers of
+``snap3d.representations.trajectory`` (local rigidity, temporal smoothness) on random
+Gaussians. ``render(cameras)`` renders each camera at ``cameras.times``.
+
+``export("trajectory-video", ...)`` writes a ``PointTrajectoryVideo``: the surface point
+a pixel sees at the first time is the alpha-blend of the Gaussians it sees then, so its
+position at any time t is the same alpha-blend (weights from the geometry at the first
+time) of the Gaussians' means at t. The rasterizer composites arbitrary channels, so one
+pass with the first time's geometry and the means at all T times as 3T "colours" gives
+every trajectory at once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from snap3d.cameras import Cameras
+from snap3d.data.dataset import SceneDataset
+from snap3d.errors import Snap3dError
+from snap3d.render import rasterize_gaussians
+from snap3d.representations.base import ParamGroup, RenderOutput, SceneMeta, image_batch
+from snap3d.representations.hexplane import HexPlane
+from snap3d.representations.splat import SplatConfig, SplatModel
+from snap3d.representations.trajectory import (
+    PointTrajectoryVideo,
+    nearest_neighbors,
+    point_visibility,
+    rigidity_loss,
+    smoothness_loss,
+)
+from snap3d.train.registry import register_method
+
+
+@dataclass
+class Splat4DConfig(SplatConfig):
+    """4D Gaussian splatting: canonical splats + a HexPlane deformation field."""
+
+    static_fraction: float = 0.15
+    """Fraction of the steps spent on the static warm-up (canonical splats only)."""
+    time_window: float = 1.0
+    """Time curriculum: the warm-up trains on the frames in the first ``time_window`` of
+    the time range, and the window then widens linearly to all frames over
+    ``window_fraction`` of the steps. 1 trains on every frame throughout."""
+    window_fraction: float = 0.3
+    plane_features: int = 32
+    """Channels of every HexPlane plane."""
+    plane_resolution: int = 32
+    """Spatial resolution of the coarsest planes (over the scene box); 4DGaussians uses
+    64, halved here so that CPU steps stay cheap."""
+    plane_time_resolution: int = 25
+    """Time resolution of the planes."""
+    plane_multires: tuple[int, ...] = (1, 2)
+    """Spatial resolution multipliers: one set of six planes each."""
+    deform_width: int = 64
+    """Width of the two-layer trunk shared by the (linear) heads."""
+    deform_scales: bool = True
+    """Deform scales (4DGaussians does; rigid motion needs only positions and rotations)."""
+    deform_opacity: bool = False
+    """Also deform opacities (4DGaussians leaves them fixed)."""
+    frame_code_dim: int = 0
+    """Per-frame deformation code size (4Real); 0 turns the codes off."""
+    grid_lr: float = 1.6e-3
+    """HexPlane learning rate, decayed 100x over the run."""
+    deform_lr: float = 1.6e-4
+    """Learning rate of the trunk and the position head (times the camera extent: they
+    move things in world units) and of the other heads (as is), decayed 100x."""
+    frame_code_lr: float = 1e-3
+    plane_tv_weight: float = 1e-4
+    time_smoothness_weight: float = 1e-2
+    time_l1_weight: float = 1e-4
+    rigidity_weight: float = 0.1
+    """Local rigidity of neighbouring Gaussians' trajectories (0 to turn off)."""
+    motion_smoothness_weight: float = 0.1
+    """Second difference of Gaussians' trajectories over neighbouring frames (0: off)."""
+    motion_samples: int = 256
+    """Gaussians drawn per step for the motion regularisers."""
+    rigidity_neighbors: int = 8
+    visibility_tolerance: float = 0.02
+    """Trajectory export: a point is hidden when the surface is nearer by this fraction
+    of its depth."""
+
+
+class DeformationField(nn.Module):
+    """Offsets of Gaussian attributes at a time, from a HexPlane and tiny heads.
+
+    Args:
+        config: the model config (plane sizes, widths, what to deform).
+        bounds: [2,3] scene box the planes span.
+        time_range: (t0, t1) of the scene.
+    """
+
+    def __init__(self, config: Splat4DConfig, bounds: Tensor, time_range: tuple[float, float]):
+        super().__init__()
+        self.grid = HexPlane(
+            bounds,
+            time_range,
+            feature_dim=config.plane_features,
+            resolution=config.plane_resolution,
+            time_resolution=config.plane_time_resolution,
+            multires=config.plane_multires,
+            generator=torch.Generator().manual_seed(0),
+        )
+        width = config.deform_width
+        self.trunk = nn.Sequential(
+            nn.Linear(self.grid.output_dim + config.frame_code_dim, width),
+            nn.ReLU(),
+            nn.Linear(width, width),
+            nn.ReLU(),
+        )
+        outputs = {"means": 3, "quats": 4}
+        if config.deform_scales:
+            outputs["scales"] = 3
+        if config.deform_opacity:
+            outputs["opacities"] = 1
+        self.heads = nn.ModuleDict({name: _head(width, n) for name, n in outputs.items()})
+        self.frame_codes = nn.Parameter(torch.zeros(0, config.frame_code_dim))
+        self.register_buffer("frame_times", torch.zeros(0))
+
+    def set_frames(self, times: Tensor) -> None:
+        """Give the field one (zero) code per frame time [F] (sorted, distinct)."""
+        self.frame_times = times.to(self.frame_times)
+        dim = self.frame_codes.shape[1]
+        self.frame_codes = nn.Parameter(self.frame_codes.new_zeros(len(times), dim))
+
+    def frame_code(self, times: Tensor) -> Tensor:
+        """[N,D] codes at times [N]: linear between the codes of the nearest frames."""
+        frames, codes = self.frame_times, self.frame_codes
+        if len(frames) == 1:
+            return codes[:1].expand(len(times), -1)
+        hi = torch.searchsorted(frames, times.contiguous()).clamp(1, len(frames) - 1)
+        lo = hi - 1
+        w = ((times - frames[lo]) / (frames[hi] - frames[lo])).clamp(0, 1)[:, None]
+        return codes[lo] * (1 - w) + codes[hi] * w
+
+    def forward(self, means: Tensor, times: Tensor) -> dict[str, Tensor]:
+        """Offsets of the Gaussians with canonical ``means`` [N,3] at ``times`` [N].
+
+        Returns:
+            {"means": [N,3], "quats": [N,4], "scales": [N,3] (log), and with opacity
+            deformation "opacities": [N] (logit)}, added to the canonical parameters.
+        """
+        features = self.grid(means, times)
+        if self.frame_codes.shape[1] > 0 and len(self.frame_times) > 0:
+            features = torch.cat([features, self.frame_code(times)], dim=-1)
+        hidden = self.trunk(features)
+        out = {name: head(hidden) for name, head in self.heads.items()}
+        if "opacities" in out:
+            out["opacities"] = out["opacities"][:, 0]
+        return out
+
+    def regularisers(self) -> dict[str, Tensor]:
+        """Unweighted HexPlane regularisers: plane TV, time smoothness, time-plane L1."""
+        return {
+            "plane_tv": self.grid.total_variation(),
+            "time_smoothness": self.grid.time_smoothness(),
+            "time_l1": self.grid.time_l1(),
+        }
+
+
+def _head(width: int, out: int) -> nn.Linear:
+    """A linear head that starts at zero, so that the field starts as the identity."""
+    head = nn.Linear(width, out)
+    nn.init.zeros_(head.weight)
+    nn.init.zeros_(head.bias)
+    return head
+
+
+class Splat4DModel(SplatModel):
+    """Canonical Gaussians (a SplatModel) deformed over time by a DeformationField."""
+
+    method_name = "splat4d"
+
+    def __init__(self, config: Splat4DConfig, scene: SceneMeta):
+        super().__init__(config, scene)
+        self.time_range = scene.time_range or (0.0, 1.0)
+        self.deformation = DeformationField(config, scene.bounds_tensor, self.time_range)
+        # The cameras `export` films from by default (the test split's), so that a run
+        # exports from its checkpoint alone.
+        self.register_buffer("export_camtoworlds", torch.zeros(0, 4, 4))
+        self.register_buffer("export_Ks", torch.zeros(0, 3, 3))
+
+    # -- construction -----------------------------------------------------------------
+
+    def initialize(self, dataset: SceneDataset) -> None:
+        super().initialize(dataset)
+        times = dataset.times if dataset.times is not None else torch.zeros(1)
+        self.deformation.set_frames(torch.unique(times.float()))
+        from snap3d.data import load
+
+        try:
+            cameras = load(dataset.root, "test", dataset.downscale).cameras
+        except Snap3dError:  # no test split: film from the training cameras
+            cameras = dataset.cameras
+        cameras = cameras.resized(self.scene.width, self.scene.height)
+        self.export_camtoworlds = cameras.camtoworlds.float().clone()
+        self.export_Ks = cameras.Ks.float().clone()
+
+    def load_checkpoint_state(self, state: dict[str, Tensor]) -> None:
+        for name in ("deformation.frame_times", "export_camtoworlds", "export_Ks"):
+            if name not in state:
+                raise Snap3dError(f"checkpoint lacks {name}")
+        self.deformation.set_frames(state["deformation.frame_times"])
+        self.export_camtoworlds = torch.zeros_like(state["export_camtoworlds"])
+        self.export_Ks = torch.zeros_like(state["export_Ks"])
+        super().load_checkpoint_state(state)
+
+    # -- rendering --------------------------------------------------------------------
+
+    def deforms_at(self, step: int | None) -> bool:
+        """Whether the field is on: after the static warm-up, and always outside training."""
+        return step is None or step >= int(self.config.static_fraction * self.max_steps)
+
+    def time_limit(self, step: int) -> float:
+        """The latest time the training frames of ``step`` may have (time curriculum)."""
+        cfg = self.config
+        start = cfg.static_fraction * self.max_steps
+        grown = (step - start) / max(cfg.window_fraction * self.max_steps, 1.0)
+        window = cfg.time_window + (1 - cfg.time_window) * min(max(grown, 0.0), 1.0)
+        t0, t1 = self.time_range
+        return t0 + window * (t1 - t0)
+
+    def train_batch(self, dataset: SceneDataset, step: int, generator: torch.Generator) -> dict:
+        """One random training image among those the time curriculum allows at ``step``."""
+        if dataset.times is None or self.config.time_window >= 1:
+            return super().train_batch(dataset, step, generator)
+        # the window always holds the first frames: time_range starts at the first one.
+        allowed = torch.nonzero(dataset.times <= self.time_limit(step) + 1e-6)[:, 0]
+        i = int(allowed[torch.randint(len(allowed), (1,), generator=generator)])
+        return image_batch(dataset, [i])
+
+    def gaussians_at(self, time: Tensor | float) -> dict[str, Tensor]:
+        """The Gaussians at ``time``, raw like ``splats``: means [N,3], quats [N,4],
+        scales [N,3] (log), opacities [N] (logit), sh0 [N,1,3], shN [N,K,3]."""
+        return self.deform(time)[0]
+
+    def deform(
+        self, time: Tensor | float, motion_samples: bool = False
+    ) -> tuple[dict[str, Tensor], tuple[Tensor, Tensor] | None]:
+        """The Gaussians at ``time`` (see ``gaussians_at``) and, with ``motion_samples``,
+        trajectories of random Gaussians for the motion regularisers.
+
+        The samples are ``motion_samples`` Gaussians (anchors) and their nearest canonical
+        neighbours at (time - dt, time, time + dt), dt the frame spacing; they share the
+        field evaluation with the render (one HexPlane pass per step).
+
+        Returns:
+            (gaussians, None or (xyz [3,P,3], neighbours [A,K] into P of the first A
+            points, P = A (K + 1))).
+        """
+        p = dict(self.splats.items())
+        means = p["means"]
+        n = means.shape[0]
+        time = torch.as_tensor(time, dtype=torch.float32, device=means.device).reshape(1)
+        points, times = means, time.expand(n)
+        if motion_samples:
+            index, neighbors = self._sample_neighborhoods()
+            frames = max(len(self.deformation.frame_times), 2)
+            dt = (self.time_range[1] - self.time_range[0]) / (frames - 1)
+            m = len(index)
+            points = torch.cat([means, means[index].repeat(2, 1)])
+            times = torch.cat([times, (time - dt).expand(m), (time + dt).expand(m)])
+        offsets = self.deformation(points, times)
+        for name, offset in offsets.items():
+            p[name] = p[name] + offset[:n]
+        if not motion_samples:
+            return p, None
+        moved = (points[n:] + offsets["means"][n:]).reshape(2, m, 3)
+        xyz = torch.stack([moved[0], p["means"][index], moved[1]])
+        return p, (xyz, neighbors)
+
+    def _sample_neighborhoods(self) -> tuple[Tensor, Tensor]:
+        """Random anchor Gaussians and their canonical nearest neighbours.
+
+        Returns:
+            index [P] of Gaussians (A anchors then their neighbours) and neighbours [A,K]
+            into P.
+        """
+        means = self.splats["means"].detach()
+        n = means.shape[0]
+        k = min(self.config.rigidity_neighbors, n - 1)
+        anchors = torch.randint(n, (min(self.config.motion_samples, n),), device=means.device)
+        near = nearest_neighbors(means, k + 1, queries=means[anchors])[:, 1:]
+        a = len(anchors)
+        neighbors = a + torch.arange(a * k, device=means.device).reshape(a, k)
+        return torch.cat([anchors, near.reshape(-1)]), neighbors
+
+    def camera_times(self, cameras: Cameras) -> Tensor:
+        """[N] the cameras' times; the scene's first time when they carry none."""
+        if cameras.times is not None:
+            return cameras.times.float()
+        return torch.full((len(cameras),), self.time_range[0], device=cameras.device)
+
+    def rasterize(
+        self,
+        gaussians: dict[str, Tensor],
+        cameras: Cameras,
+        colors: Tensor | None = None,
+        sh_degree: int | None = None,
+        background: Tensor | None = None,
+        render_mode: str = "RGB+ED",
+    ) -> tuple[Tensor, Tensor, dict[str, Any]]:
+        """Rasterize ``gaussians`` (as from ``gaussians_at``) into ``cameras``.
+
+        Args:
+            colors: [N,D] features to composite instead of the SH colours.
+            sh_degree: SH degree of the colours (ignored with ``colors``).
+            background: [3] or [C,D] behind the Gaussians; default the scene's colour
+                (zero for ``colors``).
+
+        Returns:
+            rasterize_gaussians' (render_colors [C,H,W,D'], render_alphas [C,H,W,1], meta).
+        """
+        if cameras.camera_model != "PINHOLE" and cameras.distortion is not None:
+            raise Snap3dError(
+                "the splat rasterizer renders pinhole cameras; undistort the images first "
+                f"(got {cameras.camera_model} with distortion)"
+            )
+        g = gaussians
+        C = len(cameras)
+        if colors is None:
+            colors = torch.cat([g["sh0"], g["shN"]], 1)
+            bg = self.background if background is None else background
+        else:
+            sh_degree = None
+            bg = colors.new_zeros(colors.shape[-1]) if background is None else background
+        return rasterize_gaussians(
+            g["means"],
+            g["quats"],
+            torch.exp(g["scales"]),
+            torch.sigmoid(g["opacities"]),
+            colors,
+            cameras.viewmats,
+            cameras.Ks,
+            cameras.width,
+            cameras.height,
+            sh_degree=sh_degree,
+            backgrounds=bg.to(g["means"]).expand(C, -1) if bg.ndim == 1 else bg,
+            render_mode=render_mode,
+            rasterize_mode=self.config.rasterize_mode,
+            absgrad=self.config.absgrad and self.training,
+            backend=self.config.backend,
+        )
+
+    def render(
+        self,
+        cameras: Cameras,
+        step: int | None = None,
+        background: Tensor | None = None,
+        render_mode: str = "RGB+ED",
+        **kwargs: Any,
+    ) -> RenderOutput:
+        """Render ``cameras`` ([N,H,W,3] images), each at its time ``cameras.times``.
+
+        Cameras at one time share one rasterization (whose meta is in ``extras``, as the
+        densification needs); cameras at different times are rendered one by one.
+        """
+        times = self.camera_times(cameras)
+        if len(cameras) > 1 and bool((times != times[0]).any()):
+            outs = [
+                self.render(cameras[i], step, background, render_mode) for i in range(len(cameras))
+            ]
+            depths = [o.depth for o in outs]
+            return RenderOutput(
+                rgb=torch.cat([o.rgb for o in outs]),
+                alpha=torch.cat([o.alpha for o in outs]),
+                depth=None if depths[0] is None else torch.cat(depths),
+            )
+        cfg = self.config
+        if self.deforms_at(step):
+            # training renders carry the samples the motion regularisers need.
+            sample = self.training and step is not None
+            sample &= cfg.rigidity_weight > 0 or cfg.motion_smoothness_weight > 0
+            gaussians, trajectories = self.deform(times[0], motion_samples=sample)
+        else:
+            gaussians, trajectories = dict(self.splats.items()), None  # static warm-up
+        colors, alphas, meta = self.rasterize(
+            gaussians,
+            cameras,
+            sh_degree=self.sh_degree_at(step),
+            background=background,
+            render_mode=render_mode,
+        )
+        if trajectories is not None:
+            meta["trajectories"] = trajectories
+        depth = colors[..., 3:4] if colors.shape[-1] == 4 else None
+        return RenderOutput(rgb=colors[..., :3], alpha=alphas, depth=depth, extras=meta)
+
+    # -- training ---------------------------------------------------------------------
+
+    def loss(self, batch: dict[str, Any], output: RenderOutput) -> dict[str, Tensor]:
+        losses = super().loss(batch, output)
+        if not self.deforms_at(batch.get("step")):
+            return losses
+        cfg = self.config
+        weights = {
+            "plane_tv": cfg.plane_tv_weight,
+            "time_smoothness": cfg.time_smoothness_weight,
+            "time_l1": cfg.time_l1_weight,
+        }
+        for name, value in self.deformation.regularisers().items():
+            if weights[name] > 0:
+                losses[name] = weights[name] * value
+        if "trajectories" in output.extras:
+            xyz, neighbors = output.extras["trajectories"]
+            if cfg.rigidity_weight > 0:
+                losses["rigidity"] = cfg.rigidity_weight * rigidity_loss(xyz, neighbors)
+            if cfg.motion_smoothness_weight > 0:
+                losses["motion_smoothness"] = cfg.motion_smoothness_weight * smoothness_loss(xyz)
+        return losses
+
+    def param_groups(self) -> dict[str, ParamGroup]:
+        cfg = self.config
+        groups = super().param_groups()
+        field = self.deformation
+        lr = cfg.deform_lr * self.scene.camera_extent
+        groups["deformation_grid"] = ParamGroup(
+            list(field.grid.parameters()), cfg.grid_lr, lr_final=cfg.grid_lr * 0.01
+        )
+        groups["deformation_mlp"] = ParamGroup(
+            list(field.trunk.parameters()) + list(field.heads["means"].parameters()),
+            lr,
+            lr_final=lr * 0.01,
+        )
+        # rotations, log-scales and logits are unitless: no world-scale factor.
+        others = [
+            p for name, head in field.heads.items() if name != "means" for p in head.parameters()
+        ]
+        groups["deformation_heads"] = ParamGroup(
+            others, cfg.deform_lr, lr_final=cfg.deform_lr * 0.01
+        )
+        if field.frame_codes.numel() > 0:
+            groups["frame_codes"] = ParamGroup([field.frame_codes], cfg.frame_code_lr)
+        return groups
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            **super().describe(),
+            "time_range": list(self.time_range),
+            "frames": len(self.deformation.frame_times),
+            "deformation_parameters": sum(
+                p.numel() for p in self.deformation.parameters() if p.requires_grad
+            ),
+        }
+
+    # -- point trajectories -------------------------------------------------------------
+
+    def export_cameras(self) -> Cameras:
+        """The cameras ``export`` films from by default (the test split's)."""
+        return Cameras(self.export_camtoworlds, self.export_Ks, self.scene.width, self.scene.height)
+
+    @torch.no_grad()
+    def trajectory_video(self, cameras: Cameras, times: Tensor) -> PointTrajectoryVideo:
+        """Film ``cameras`` (one, or one per time) at ``times`` [T] and carry the surface
+        points of the first frame's pixels through time.
+
+        Returns:
+            the PointTrajectoryVideo; pixels whose first-frame opacity is under 0.5 see no
+            surface and get no trajectory.
+        """
+        T = len(times)
+        if len(cameras) == 1:
+            cameras = cameras[[0] * T]
+        if len(cameras) != T:
+            raise Snap3dError(f"{len(cameras)} cameras for {T} times: give one or one per time")
+        device = self.background.device
+        cameras = cameras.to(device)
+        times = times.float().to(device)
+        frames = [self.gaussians_at(t) for t in times]
+        # [N, 3T]: every Gaussian's mean at every time, composited with the first frame's
+        # geometry, is every pixel's trajectory.
+        means = torch.cat([g["means"] for g in frames], dim=-1)
+        carried, alpha0, _ = self.rasterize(frames[0], cameras[0], colors=means, render_mode="RGB")
+        H, W = cameras.height, cameras.width
+        tracked = alpha0[0, ..., 0] > 0.5
+        xyz = carried[0] / alpha0[0].clamp_min(1e-10)
+        xyz = xyz.reshape(H, W, T, 3).permute(2, 0, 1, 3) * tracked[None, :, :, None]
+        rgbs, depths, alphas = [], [], []
+        for k, g in enumerate(frames):
+            out, alpha, _ = self.rasterize(g, cameras[k], sh_degree=self.config.sh_degree)
+            rgbs.append(out[0, ..., :3])
+            depths.append(out[0, ..., 3])
+            alphas.append(alpha[0, ..., 0])
+        depth, alpha = torch.stack(depths), torch.stack(alphas)
+        visible = point_visibility(
+            xyz, cameras, depth, alpha, tracked, self.config.visibility_tolerance
+        )
+        rgb = (torch.stack(rgbs).clamp(0, 1) * 255 + 0.5).to(torch.uint8)
+        return PointTrajectoryVideo(
+            rgb=rgb.cpu(),
+            xyz=xyz.float().cpu(),
+            visible=visible.cpu(),
+            times=times.cpu(),
+            camtoworlds=cameras.camtoworlds.float().cpu(),
+            Ks=cameras.Ks.float().cpu(),
+        )
+
+    def export(
+        self,
+        fmt: str,
+        output: Path,
+        camera: int = 0,
+        camera_path: Path | None = None,
+        times: tuple[float, ...] = (),
+    ) -> Path:
+        """Write ``output`` (.npz) and its preview ``output`` with suffix .mp4.
+
+        Args:
+            fmt: "trajectory-video".
+            camera: index of the default (test) camera to film from.
+            camera_path: a camera path file (see ``snap3d render``): one camera, or one
+                per time; overrides ``camera``.
+            times: scene times of the frames; default the training frames' times, or for
+                a path of several cameras, as many times evenly over the scene's range.
+        """
+        if fmt != "trajectory-video":
+            raise Snap3dError(
+                f"splat4d runs export to ply, splat, spz or trajectory-video, not {fmt!r}"
+            )
+        if camera_path is not None:
+            from snap3d.render.paths import load_camera_path
+
+            cameras = load_camera_path(camera_path)
+        else:
+            available = self.export_cameras()
+            if not 0 <= camera < len(available):
+                raise Snap3dError(f"--camera {camera} is out of range: 0..{len(available) - 1}")
+            cameras = available[[camera]]
+        if times:
+            sample = torch.tensor(times, dtype=torch.float32)
+        elif len(cameras) > 1:
+            sample = torch.linspace(*self.time_range, len(cameras))
+        else:
+            sample = self.deformation.frame_times.cpu()
+        video = self.trajectory_video(cameras, sample)
+        output = Path(output)
+        video.save(output)
+        video.write_preview(output.with_suffix(".mp4"))
+        return output
+
+
+register_method(
+    "splat4d",
+    Splat4DConfig,
+    Splat4DModel,
+    "4D Gaussian splats: canonical splats + HexPlane deformation (4DGaussians, 4Real)",
+)

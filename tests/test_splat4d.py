@@ -1,0 +1,272 @@
+"""splat4d: HexPlane sampling against hand computations, the identity at initialisation,
+learning a motion, per-frame codes, rendering at times, and training end to end."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from snap3d.cameras import Cameras, look_at
+from snap3d.io import SplatData
+from snap3d.io.export import export_run
+from snap3d.representations.base import SceneMeta
+from snap3d.representations.hexplane import PLANES, HexPlane
+from snap3d.representations.splat import SplatConfig, SplatModel
+from snap3d.representations.splat4d import DeformationField, Splat4DConfig, Splat4DModel
+from snap3d.representations.trajectory import PointTrajectoryVideo
+from snap3d.train import TrainConfig, Trainer, load_model
+
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
+TINY = dict(
+    plane_features=4, plane_resolution=4, plane_time_resolution=4, plane_multires=(1,),
+    deform_width=16, init_num_points=300, sh_degree=1, motion_samples=32,
+)  # fmt: skip
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """These tests run many small operations; on a shared two-core machine one thread is
+    several times faster than two."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def bilinear(grid: np.ndarray, u: float, v: float) -> np.ndarray:
+    """Hand bilinear lookup of grid [C,H,W] at u, v in [0, 1] (corners on cell centres)."""
+    C, H, W = grid.shape
+    x, y = u * (W - 1), v * (H - 1)
+    x0, y0 = min(int(x), W - 2), min(int(y), H - 2)
+    fx, fy = x - x0, y - y0
+    return (
+        grid[:, y0, x0] * (1 - fx) * (1 - fy)
+        + grid[:, y0, x0 + 1] * fx * (1 - fy)
+        + grid[:, y0 + 1, x0] * (1 - fx) * fy
+        + grid[:, y0 + 1, x0 + 1] * fx * fy
+    )
+
+
+def test_hexplane_matches_a_hand_computation():
+    bounds = torch.tensor([[-1.0, 0.0, 2.0], [1.0, 4.0, 3.0]])
+    g = torch.Generator().manual_seed(0)
+    field = HexPlane(bounds, (0.0, 2.0), feature_dim=2, resolution=3, time_resolution=5,
+                     multires=(1, 2), generator=g)  # fmt: skip
+    for grid in field.grids:  # random values everywhere, time planes included
+        grid.data = torch.rand(grid.shape, generator=g)
+    assert [tuple(p.shape) for p in field.grids[:6]] == [
+        (1, 2, 3, 3), (1, 2, 3, 3), (1, 2, 3, 3), (1, 2, 5, 3), (1, 2, 5, 3), (1, 2, 5, 3)
+    ]  # fmt: skip
+    assert tuple(field.grids[6].shape) == (1, 2, 6, 6) and field.output_dim == 4
+    points = torch.tensor([[0.3, 1.0, 2.9], [-1.0, 4.0, 2.0], [0.77, 2.5, 2.25]])
+    times = torch.tensor([0.5, 2.0, 1.3])
+    out = field(points, times).detach().numpy()
+    lo, hi = bounds.numpy()
+    for i in range(3):
+        unit = np.append((points[i].numpy() - lo) / (hi - lo), float(times[i]) / 2.0)
+        expected = []
+        for s in range(2):
+            product = np.ones(2)
+            for j, (a, b) in enumerate(PLANES):
+                grid = field.grids[6 * s + j].detach().numpy()[0]
+                product = product * bilinear(grid, unit[a], unit[b])
+            expected.append(product)
+        np.testing.assert_allclose(out[i], np.concatenate(expected), rtol=1e-5, atol=1e-6)
+
+
+def test_hexplane_starts_time_independent_and_regularisers_vanish_where_they_should():
+    field = HexPlane(torch.tensor([[0.0] * 3, [1.0] * 3]), (0.0, 1.0), feature_dim=3,
+                     resolution=4, time_resolution=6)  # fmt: skip
+    p = torch.rand(10, 3)
+    field.requires_grad_(False)
+    torch.testing.assert_close(field(p, torch.zeros(10)), field(p, torch.ones(10)))
+    assert float(field.time_l1()) == 0 and float(field.time_smoothness()) == 0
+    assert float(field.total_variation()) > 0
+    for grid in field.planes((0, 1, 2)):
+        grid.data.fill_(0.3)
+    for grid in field.planes((3, 4, 5)):  # linear in time: no second difference
+        grid.data = 1 + 0.1 * torch.arange(grid.shape[2]).float()[None, None, :, None].expand_as(
+            grid
+        )
+    assert float(field.total_variation()) == 0
+    assert float(field.time_smoothness()) < 1e-12 and float(field.time_l1()) > 0
+
+
+def random_splats(n: int, seed: int = 0, sh_degree: int = 1) -> SplatData:
+    g = torch.Generator().manual_seed(seed)
+    k = (sh_degree + 1) ** 2 - 1
+    return SplatData(
+        means=torch.rand(n, 3, generator=g) - 0.5,
+        quats=torch.nn.functional.normalize(torch.randn(n, 4, generator=g), dim=-1),
+        scales=torch.full((n, 3), -3.0) + 0.3 * torch.rand(n, 3, generator=g),
+        opacities=torch.randn(n, generator=g),
+        sh0=torch.randn(n, 1, 3, generator=g) * 0.5,
+        shN=torch.randn(n, k, 3, generator=g) * 0.1,
+    )
+
+
+def orbit_cameras(n: int, size: int = 24, times: list[float] | None = None) -> Cameras:
+    angles = torch.linspace(0, 2, n)
+    eyes = torch.stack([3 * torch.cos(angles), 3 * torch.sin(angles), torch.full((n,), 1.0)], -1)
+    c2w = look_at(eyes, torch.zeros(n, 3), up=torch.tensor([0.0, 0.0, 1.0]))
+    K = torch.tensor([[size * 1.2, 0, size / 2], [0, size * 1.2, size / 2], [0, 0, 1]])
+    t = None if times is None else torch.tensor(times)
+    return Cameras(c2w, K.repeat(n, 1, 1), size, size, times=t)
+
+
+SCENE = SceneMeta(bounds=[[-1, -1, -1], [1, 1, 1]], camera_extent=3.0, background=[1, 1, 1],
+                  time_range=(0.0, 1.0))  # fmt: skip
+
+
+def test_the_field_starts_as_the_identity():
+    model = Splat4DModel(Splat4DConfig(**TINY), SCENE)
+    model.set_splats(random_splats(200))
+    model.deformation.set_frames(torch.linspace(0, 1, 5))
+    static = SplatModel(SplatConfig(sh_degree=1), SCENE)
+    static.set_splats(random_splats(200))
+    cams = orbit_cameras(1)
+    reference = static.render(cams).rgb
+    for t in (0.0, 0.37, 1.0):
+        offsets = model.deformation(model.splats["means"], torch.full((200,), t))
+        assert all(v.abs().max().item() == 0 for v in offsets.values())
+        cams.times = torch.tensor([t])
+        torch.testing.assert_close(model.render(cams).rgb, reference)
+
+
+def test_the_field_learns_a_linear_motion():
+    """Fit the field directly (no rendering) to points moving at constant velocity."""
+    config = Splat4DConfig(**TINY | {"plane_resolution": 8, "plane_time_resolution": 8})
+    field = DeformationField(config, torch.tensor([[-1.0] * 3, [1.0] * 3]), (0.0, 1.0))
+    g = torch.Generator().manual_seed(0)
+    points = torch.rand(128, 3, generator=g) * 1.6 - 0.8
+    velocity = torch.tensor([0.3, -0.2, 0.1])
+    opt = torch.optim.Adam(field.parameters(), lr=2e-2)
+    for _ in range(150):
+        t = torch.rand(128, generator=g)
+        offset = field(points, t)["means"]
+        loss = (offset - velocity * t[:, None]).square().sum(-1).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        for t in (0.1, 0.55, 0.9):
+            error = field(points, torch.full((128,), t))["means"] - velocity * t
+            assert float(error.norm(dim=-1).mean()) < 0.05 * float(velocity.norm()), t
+
+
+def test_frame_codes_interpolate_between_frames():
+    config = Splat4DConfig(**TINY | {"frame_code_dim": 2})
+    field = DeformationField(config, torch.tensor([[-1.0] * 3, [1.0] * 3]), (0.0, 1.0))
+    field.set_frames(torch.tensor([0.0, 0.5, 1.0]))
+    field.frame_codes.data = torch.tensor([[0.0, 1.0], [2.0, 3.0], [4.0, 5.0]])
+    codes = field.frame_code(torch.tensor([0.0, 0.25, 0.5, 0.9, 1.0, 1.5]))
+    expected = torch.tensor([[0, 1], [1, 2], [2, 3], [3.6, 4.6], [4, 5], [4, 5.0]])
+    torch.testing.assert_close(codes, expected)
+
+
+def test_render_uses_each_cameras_time():
+    model = Splat4DModel(Splat4DConfig(**TINY), SCENE)
+    model.set_splats(random_splats(150))
+    model.deformation.set_frames(torch.linspace(0, 1, 4))
+    with torch.no_grad():  # a field that moves things: the position head's bias grows with t
+        model.deformation.grid.planes((3, 4, 5))[0].data.uniform_(0, 2)
+        model.deformation.heads["means"].weight.normal_(0, 0.5)
+    cams = orbit_cameras(3, times=[0.0, 1.0, 0.0])
+    together = model.render(cams)
+    alone = [model.render(cams[i]).rgb for i in range(3)]
+    torch.testing.assert_close(together.rgb, torch.cat(alone))
+    assert together.depth.shape == (3, 24, 24, 1)
+    assert not torch.allclose(alone[0], alone[1], atol=1e-3)  # times differ: images differ
+    # one time: one rasterization, whose meta the densification reads.
+    assert "radii" in model.render(cams[[0, 2]]).extras and "radii" not in together.extras
+
+
+def test_config_fields_do_not_clash_with_the_trainer():
+    ours = {f.name for f in dataclasses.fields(Splat4DConfig)}
+    assert not ours & {f.name for f in dataclasses.fields(TrainConfig)}
+    assert {"static_fraction", "frame_code_dim", "rigidity_weight"} <= ours
+
+
+# -- training ------------------------------------------------------------------------------
+
+
+def test_trains_on_the_bundled_dynamic_scene_with_densification(tmp_path):
+    config = Splat4DConfig(**TINY | {"static_fraction": 0.5, "refine_every": 2})
+    trainer = Trainer(
+        "splat4d",
+        config,
+        TrainConfig(data=ASSETS / "dynamic", output=tmp_path / "run", downscale=8, max_steps=8,
+                    device="cpu", progress=False, save_every=0),
+    )  # fmt: skip
+    trainer.setup()
+    model = trainer.model
+    assert len(model.deformation.frame_times) == 60 and len(model.export_camtoworlds) == 20
+    before = model.num_gaussians
+    names = []
+    for _ in range(8):
+        losses = trainer.train_step()
+        assert all(np.isfinite(v) for v in losses.values())
+        names.append(set(losses))
+    assert "rigidity" not in names[3] and {"rigidity", "plane_tv", "time_l1"} <= names[4]
+    assert model.num_gaussians != before  # the strategy densified/pruned canonical splats
+    assert any(float(p.abs().max()) > 0 for p in model.deformation.heads.parameters())
+    trainer.save()
+
+    loaded, cfg, step = load_model(tmp_path / "run")
+    cams = trainer.eval_data().cameras[[0, 5]]
+    torch.testing.assert_close(loaded.render(cams).rgb, model.eval().render(cams).rgb)
+    out = export_run(tmp_path / "run", "trajectory-video", camera=1, times=(0.0, 0.5, 1.0))
+    video = PointTrajectoryVideo.load(out)
+    assert video.xyz.shape == (3, 16, 16, 3) and video.times.tolist() == [0.0, 0.5, 1.0]
+    torch.testing.assert_close(video.camtoworlds[0], loaded.export_camtoworlds[1])
+    assert out.with_suffix(".mp4").is_file()
+
+
+def write_multiview_video(root: Path, views: int = 2, frames: int = 3, size: int = 8) -> Path:
+    """A nerfstudio scene: ``views`` cameras each filming ``frames`` times of a square
+    sliding across a grey background."""
+    (root / "images").mkdir(parents=True)
+    entries = []
+    for f in range(frames):
+        for v in range(views):
+            img = np.full((size, size, 3), 128, np.uint8)
+            img[2:5, f : f + 3] = (220, 40, 40)
+            name = f"images/v{v}_f{f}.png"
+            Image.fromarray(img).save(root / name)
+            eye = np.array([0.3 * v, 0.0, 3.0])  # OpenGL: looking down -z at the origin
+            c2w = np.eye(4)
+            c2w[:3, 3] = eye
+            entries.append({"file_path": name, "transform_matrix": c2w.tolist(), "time": f})
+    meta = {"fl_x": 10.0, "fl_y": 10.0, "cx": size / 2, "cy": size / 2, "w": size, "h": size,
+            "frames": entries}  # fmt: skip
+    (root / "transforms.json").write_text(json.dumps(meta))
+    return root
+
+
+def test_trains_on_multiview_video_in_the_nerfstudio_layout(tmp_path):
+    data = write_multiview_video(tmp_path / "scene")
+    trainer = Trainer(
+        "splat4d",
+        Splat4DConfig(**TINY | {"static_fraction": 0.25}),
+        TrainConfig(data=data, output=tmp_path / "run", max_steps=4, device="cpu",
+                    progress=False, save_every=0),
+    )  # fmt: skip
+    trainer.setup()
+    assert trainer.train_data.times is not None
+    assert trainer.model.deformation.frame_times.tolist() == [0.0, 0.5, 1.0]
+    trainer.train()
+    result = trainer.run_eval()
+    assert result is not None and np.isfinite(result["psnr"])
+
+
+def test_registered():
+    from snap3d.train import get_method
+
+    spec = get_method("splat4d")
+    assert spec.model_cls is Splat4DModel and spec.config_cls is Splat4DConfig
