@@ -231,3 +231,14 @@ def test_learning_rate_schedule():
     assert g.lr_at(100, 100) == pytest.approx(1e-4)
     w = ParamGroup([], lr=1.0, warmup_steps=4)
     assert [w.lr_at(s, 10) for s in range(5)] == [0.25, 0.5, 0.75, 1.0, 1.0]
+
+
+def test_background_parsing():
+    from snap3d.data.dataset import parse_background
+
+    assert parse_background("white").tolist() == [1.0, 1.0, 1.0]
+    assert parse_background("0.5,0.25,0").tolist() == [0.5, 0.25, 0.0]
+    with pytest.raises(Snap3dError, match="r,g,b"):
+        parse_background("0.5,red,0")
+    with pytest.raises(Snap3dError, match="3 values"):
+        parse_background("0.5,0.5")

@@ -20,6 +20,11 @@ BACKGROUNDS = {"white": (1.0, 1.0, 1.0), "black": (0.0, 0.0, 0.0)}
 
 def parse_background(background: str | Sequence[float] | Tensor) -> Tensor:
     """'white' | 'black' | (r, g, b) in [0,1] -> [3] float tensor."""
+    if isinstance(background, str) and "," in background:
+        try:
+            background = [float(v) for v in background.split(",")]
+        except ValueError:
+            raise Snap3dError(f"background {background!r} is not r,g,b numbers") from None
     if isinstance(background, str):
         if background not in BACKGROUNDS:
             raise Snap3dError(f"unknown background {background!r}: use white, black or r,g,b")
