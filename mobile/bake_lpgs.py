@@ -2,9 +2,10 @@
 the expanded children as an SPZ fallback.
 
 The hash grid is evaluated once, at the parents (their positions are fixed after
-training), so the bundle ships each parent's feature vector instead of the hash tables:
-the phone's decoder is the MLP alone (`snap3d.mobile.reference.ChildDecoder`), taking
-parent features, means and log sizes to children.
+training), so the bundle ships each parent's decoder input (its hash-grid feature followed
+by its own stored features) instead of the hash tables: the phone's decoder is the MLP
+alone (`snap3d.mobile.reference.ChildDecoder`), taking parent features, means, log sizes
+and opacities to children.
 """
 
 from __future__ import annotations
@@ -25,8 +26,9 @@ from torch import Tensor
 from snap3d.errors import Snap3dError
 
 EQUATIONS = [
-    "f, m, s, a: the parent's features, mean, log size, opacity logit (parents.features, "
-    "parents.means, parents.log_sizes, parents.opacities); k: the child",
+    "f, m, s, a: the parent's decoder input (its hash-grid feature, then its own features), "
+    "mean, log size, opacity logit (parents.features, parents.means, parents.log_sizes, "
+    "parents.opacities); k: the child",
     "h = relu(input_layer.weight f + input_layer.bias)",
     "h = relu(hidden.i.weight h + hidden.i.bias), i = 0 .. hidden_layers - 1",
     "h = relu(h + child_embedding[k])",
@@ -47,7 +49,9 @@ def lpgs_parts(model) -> tuple[dict, dict[str, Tensor], dict[str, Tensor]]:
     means = model.parents["means"].detach().float().cpu()
     log_sizes = model.parents["scales"].detach().float().cpu()
     opacities = model.parents["opacities"].detach().float().cpu()
-    features = model.hash(model.normalized(means)).float()
+    # the MLP's input per parent: its hash-grid feature, then its own stored features
+    own = [model.parents["features"].detach().float().cpu()] if "features" in model.parents else []
+    features = torch.cat([model.hash(model.normalized(means)).float(), *own], -1)
     weights = {
         "input_layer.weight": model.input_layer.weight,
         "input_layer.bias": model.input_layer.bias,

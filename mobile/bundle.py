@@ -5,7 +5,8 @@ same files at the zip's root) holding ``manifest.json`` and the assets it lists:
 
     splat      scene.spz            Gaussians, SPZ v3, Morton order (role splats)
                scene.ply            optional, lossless (role splats-ply)
-    lpgs       parents.bin          parent means, log sizes, features (role parents)
+    lpgs       parents.bin          parent means, log sizes, opacities (float32) and
+                                    decoder inputs (float16) (role parents)
                decoder.bin          child decoder weights, float16 (role decoder-weights)
                decoder.mlpackage    Core ML: parent features -> children (role coreml)
                fallback.spz         the expanded children, SPZ v3 (role splats-fallback)

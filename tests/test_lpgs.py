@@ -196,7 +196,8 @@ def test_compact_file_round_trips(run, scene, tmp_path):
     header = read_lpgs(path).header
     encodings = {s["name"]: s["encoding"] for s in header["sections"]}
     assert encodings["parents.means"] == "u16" and encodings["hash.params"] == "i8"
-    assert encodings["head.weight"] == "f16" and encodings["box"] == "f32"
+    assert encodings["head.weight"] == "i8" and encodings["head.bias"] == "f16"
+    assert encodings["parents.features"] == "u8" and encodings["box"] == "f32"
 
     exact_path = tmp_path / "exact.lpgs"
     assert save_lpgs(exact_path, model, precision="lossless") > 2 * size

@@ -427,10 +427,9 @@ def test_light_field_reproduces_the_models_rays(lightslab_run):
     torch.testing.assert_close(rgb, want.rgb, atol=1e-5, rtol=0)
 
 
-def test_lpgs_fallback_spz_renders_the_children(network):
-    rep, run, plain, _ = network
-    if rep != "lpgs":
-        pytest.skip("only lpgs bundles have a fallback")
+def test_lpgs_fallback_spz_renders_the_children(lpgs_run, network_bundles):
+    pytest.importorskip("coremltools")
+    run, plain, _ = network_bundles("lpgs", lpgs_run)
     # SPZ's 8-bit attributes: a lower bound than the float16 decoder's
     assert min_psnr(plain, run, source="fallback") >= 30.0
 

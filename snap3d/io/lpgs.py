@@ -22,8 +22,9 @@ encoding   stored as, and decoded by
 ``u16``    uint16 q, value = min + q / 65535 * (max - min); ``min``/``max`` per channel of the
            last axis (lists) or for the whole tensor (numbers)
 ``u8``     uint8 q, the same with 255
-``i8``     int8 q, value = q * scale; ``scales`` holds one scale per hash-grid level and
-           ``level_offsets`` the L + 1 element offsets of the levels in the tensor
+``i8``     G float32 scales, then int8 q: value = q * scale of its group; the groups are
+           runs of consecutive elements of the flattened tensor, ``offsets`` their G + 1
+           element offsets (hash tables: one group per level; weights: one per row)
 =========  ==================================================================================
 
 What the tensors mean, and how children are decoded from them, is documented in
@@ -35,9 +36,10 @@ What the tensors mean, and how children are decoded from them, is documented in
 
 Precisions: ``lossless`` stores everything as f32 (the loaded model equals the saved one
 bit for bit); ``compact`` (default) stores positions as u16 over the parents' bounding box,
-parent sizes and opacities as u8, the hash tables as i8 with a scale per level, the other
-parameters as f16 and buffers as f32. In ``compact``, hash-table entries that no parent
-reads are written as zeros (they never influence a child), which deflates well.
+the other parent values (size, opacity, features) as u8 per channel, the hash tables as i8
+with a scale per level, weight matrices and the child embedding as i8 with a scale per row,
+biases as f16 and buffers as f32. In ``compact``, hash-table entries that no parent reads
+are written as zeros (they never influence a child), which deflates well.
 """
 
 from __future__ import annotations
@@ -66,7 +68,12 @@ Precision = Literal["compact", "lossless"]
 _PREFIX = struct.Struct("<4sII")
 _DTYPES = {"f32": "<f4", "f16": "<f2", "u16": "<u2", "u8": "u1", "i8": "i1"}
 _LEVELS = {"u16": 65535, "u8": 255}
-_COMPACT = {"parents.means": "u16", "parents.scales": "u8", "parents.opacities": "u8"}
+_COMPACT = {
+    "parents.means": "u16",
+    "parents.scales": "u8",
+    "parents.opacities": "u8",
+    "parents.features": "u8",
+}
 
 
 @dataclass
@@ -86,24 +93,28 @@ def save_lpgs(path: str | os.PathLike, model: LPGSModel, precision: Precision = 
     state = {k: v.detach().cpu().float() for k, v in model.state_dict().items()}
     buffers = {name for name, _ in model.named_buffers()}
     grid = model.hash
-    level_offsets = [o * grid.features_per_level for o in grid.offsets]
     encodings = {
         name: "f32"
         if precision == "lossless" or name in buffers
-        else _COMPACT.get(name, "i8" if name == "hash.params" else "f16")
-        for name in state
+        else _COMPACT.get(name, "i8" if tensor.dim() == 2 or name == "hash.params" else "f16")
+        for name, tensor in state.items()
     }
-    if encodings["hash.params"] == "i8":
+    if precision == "compact":
         # the entries a reader's parents (with their decoded positions) never read
-        means = _decode(*_encode(state["parents.means"], encodings["parents.means"], []))
+        means = _decode(*_encode(state["parents.means"], encodings["parents.means"]))
         entries, _ = grid.corners(model.normalized(means.to(model.box)).cpu())
-        read = torch.zeros(state["hash.params"].numel() // grid.features_per_level, dtype=torch.bool)
+        read = torch.zeros(
+            state["hash.params"].numel() // grid.features_per_level, dtype=torch.bool
+        )
         read[entries.flatten()] = True
         table = state["hash.params"].view(read.shape[0], -1)
         state["hash.params"] = table.masked_fill(~read[:, None], 0).flatten()
     sections, chunks = [], []
     for name, tensor in state.items():
-        section, data = _encode(tensor, encodings[name], level_offsets)
+        groups = [o * grid.features_per_level for o in grid.offsets]
+        if name != "hash.params":
+            groups = list(range(0, tensor.numel() + 1, max(tensor.shape[-1], 1)))
+        section, data = _encode(tensor, encodings[name], groups)
         sections.append({"name": name, **section})
         chunks.append(data)
     body = b"".join(chunks)
@@ -151,10 +162,7 @@ def read_lpgs(path: str | os.PathLike) -> LPGSFile:
         )
     tensors, offset = {}, 0
     for section in sections:
-        size = (
-            int(np.prod(section["shape"], dtype=np.int64))
-            * np.dtype(_DTYPES[section["encoding"]]).itemsize
-        )
+        size = _section_bytes(section)
         tensors[section["name"]] = _decode(section, body[offset : offset + size])
         offset += size
     if offset != body_bytes:
@@ -182,8 +190,9 @@ def load_lpgs(path: str | os.PathLike, device: torch.device | str = "cpu") -> LP
 # -- section codecs ---------------------------------------------------------------------
 
 
-def _encode(tensor: Tensor, encoding: str, level_offsets: list[int]) -> tuple[dict, bytes]:
-    """(section fields: shape, encoding and its constants; the encoded bytes)."""
+def _encode(tensor: Tensor, encoding: str, groups: list[int] | None = None) -> tuple[dict, bytes]:
+    """(section fields: shape, encoding and its constants; the encoded bytes). ``groups``:
+    the element offsets of the groups sharing an i8 scale."""
     section: dict[str, Any] = {"shape": list(tensor.shape), "encoding": encoding}
     x = tensor.numpy().astype(np.float64)
     if encoding in _LEVELS:
@@ -194,24 +203,35 @@ def _encode(tensor: Tensor, encoding: str, level_offsets: list[int]) -> tuple[di
         x = np.rint((x - lo) / np.where(hi > lo, hi - lo, 1.0) * _LEVELS[encoding])
         section["min"], section["max"] = lo.tolist(), hi.tolist()
     elif encoding == "i8":
-        scales = []
-        for start, end in zip(level_offsets[:-1], level_offsets[1:], strict=True):
-            scale = float(np.float32(max(np.abs(x[start:end]).max(initial=0.0), 1e-30) / 127))
-            x[start:end] = np.rint(x[start:end] / scale)
-            scales.append(scale)
-        section["scales"], section["level_offsets"] = scales, level_offsets
+        x = x.reshape(-1)
+        scales = np.ones(len(groups) - 1, np.float32)
+        for g, (start, end) in enumerate(zip(groups[:-1], groups[1:], strict=True)):
+            scales[g] = max(np.abs(x[start:end]).max(initial=0.0), 1e-30) / 127
+            x[start:end] = np.rint(x[start:end] / np.float64(scales[g]))
+        section["offsets"] = groups
+        return section, scales.astype("<f4").tobytes() + x.astype("i1").tobytes()
     return section, np.ascontiguousarray(x.astype(_DTYPES[encoding])).tobytes()
+
+
+def _section_bytes(section: dict[str, Any]) -> int:
+    size = int(np.prod(section["shape"], dtype=np.int64))
+    size *= np.dtype(_DTYPES[section["encoding"]]).itemsize
+    return size + 4 * (len(section["offsets"]) - 1 if section["encoding"] == "i8" else 0)
 
 
 def _decode(section: dict[str, Any], data: bytes) -> Tensor:
     encoding = section["encoding"]
+    if encoding == "i8":
+        groups = len(section["offsets"]) - 1
+        scales = np.frombuffer(data[: 4 * groups], dtype="<f4").astype(np.float64)
+        data = data[4 * groups :]
     x = np.frombuffer(data, dtype=_DTYPES[encoding]).astype(np.float64)
     if encoding in _LEVELS:
         shape = section["shape"]
         lo, hi = np.asarray(section["min"]), np.asarray(section["max"])
         x = x.reshape(shape) / _LEVELS[encoding] * (hi - lo) + lo
     elif encoding == "i8":
-        offsets = section["level_offsets"]
-        for level, scale in enumerate(section["scales"]):
-            x[offsets[level] : offsets[level + 1]] *= scale
+        offsets = section["offsets"]
+        for group, scale in enumerate(scales):
+            x[offsets[group] : offsets[group + 1]] *= scale
     return torch.from_numpy(x.astype(np.float32).reshape(section["shape"]))

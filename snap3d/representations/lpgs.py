@@ -1,23 +1,31 @@
 """Parent/child splats (LPGS, arXiv 2406.19434): only parents are stored.
 
-A parent is a position and a log size. Its K children, ordinary 3D Gaussians, are decoded
-by small MLPs shared by the whole scene from a multi-resolution hash-grid feature at the
-parent (``snap3d.representations.hashgrid``). What a file holds is therefore the parents,
-the hash tables and the MLP weights (``snap3d.io.lpgs``); a viewer decodes the children
-once and renders them as splats.
+A parent is a position, a log size, an opacity logit and a short feature vector (``D =
+parent_features`` numbers). Its K children, ordinary 3D Gaussians, are decoded by small
+MLPs shared by the whole scene from a multi-resolution hash-grid feature at the parent
+(``snap3d.representations.hashgrid``) and the parent's features. What a file holds is
+therefore the parents, the hash tables and the MLP weights (``snap3d.io.lpgs``); a viewer
+decodes the children once and renders them as splats.
 
-Decoding parent p (mean m, log size s) into child k, with the hash grid over the scene
-box ``[lo, hi]`` (model buffer ``box``) and the fixed child pattern ``pattern[k]``::
+Decoding parent p (mean m, log size s, opacity logit a, features z) into child k, with
+the hash grid over the scene box ``[lo, hi]`` (model buffer ``box``) and the fixed child
+pattern ``pattern[k]`` (K points on a sphere)::
 
-    f     = hash(clamp((m - lo) / (hi - lo), 0, 1))                   [L*F]
+    f     = [hash(clamp((m - lo) / (hi - lo), 0, 1)), z]              [L*F + D]
     h     = relu(W_in f + b_in)                                       [H]
     h     = relu(W_i h + b_i)   for each hidden layer i               [H]
     o     = W_out relu(h + child_embedding[k]) + b_out                [11 + 3 (d+1)^2]
     mean     = m + exp(s) * (pattern[k] + offset_range * tanh(o[0:3]))
     scales   = s + o[3:6]                      (log, as SplatData)
     quat     = o[6:10] + (1, 0, 0, 0)          (w, x, y, z; the rasterizer normalises)
-    opacity  = o[10]                           (logit)
+    opacity  = a + o[10]                       (logit)
     SH       = o[11:] as [(d+1)^2, 3]          (sh0 first, then shN)
+
+Why the parent carries features: the parents' hash features are read at the parents only,
+so a table must hold about a feature per parent anyway, and one stored per parent costs
+fewer bytes than the table entries around it (8 corners per level, collisions). The hash
+grid adds the smooth, shared part of the field: a parent promoted from a child starts with
+sensible children before its own features are trained.
 
 Training renders the children with ``rasterize_gaussians`` and manages the parent tree in
 ``after_step``: parents whose children are all transparent (or never seen) are pruned,
@@ -50,9 +58,6 @@ from snap3d.train.registry import register_method
 
 if TYPE_CHECKING:
     from snap3d.data.dataset import SceneDataset
-
-#: What a parent stores: position, log size, opacity logit (trailing shapes).
-PARENT_SHAPES = {"means": (3,), "scales": (), "opacities": ()}
 
 
 @dataclass
@@ -87,6 +92,9 @@ class LPGSConfig:
     """Vertices per axis of the finest level, over the scene box."""
     hash_backend: HashBackend = "auto"
     """auto: tiny-cuda-nn on CUDA when it imports, else the torch implementation."""
+    parent_features: int = 8
+    """D, a learned feature vector per parent, input to the MLP beside the hash feature
+    (0: parents are a position, a size and an opacity only)."""
     hidden_dim: int = 64
     hidden_layers: int = 1
     """Hidden layers (per parent) between the input layer and the child embedding."""
@@ -111,6 +119,7 @@ class LPGSConfig:
     """Parent positions, times the camera extent (decays 100x)."""
     scales_lr: float = 5e-3
     opacities_lr: float = 5e-2
+    features_lr: float = 1e-2
     hash_lr: float = 1e-2
     mlp_lr: float = 2e-3
     lr_final_factor: float = 0.1
@@ -152,7 +161,12 @@ class LPGSModel(SceneModel):
             raise Snap3dError(f"sh_degree must be in 0..3, got {config.sh_degree}")
         self.max_steps = config.default_max_steps("cpu")
         self.parents = nn.ParameterDict(
-            {name: nn.Parameter(torch.zeros(0, *shape)) for name, shape in PARENT_SHAPES.items()}
+            {
+                "means": nn.Parameter(torch.zeros(0, 3)),
+                "scales": nn.Parameter(torch.zeros(0)),
+                "opacities": nn.Parameter(torch.zeros(0)),
+                "features": nn.Parameter(torch.zeros(0, config.parent_features)),
+            }
         )
         self.hash = HashGrid(
             config.hash_levels,
@@ -165,7 +179,7 @@ class LPGSModel(SceneModel):
             backend=config.hash_backend,
         )
         h = config.hidden_dim
-        self.input_layer = nn.Linear(self.hash.output_dim, h)
+        self.input_layer = nn.Linear(self.hash.output_dim + config.parent_features, h)
         self.child_embedding = nn.Parameter(torch.randn(config.children, h))
         self.hidden = nn.ModuleList(nn.Linear(h, h) for _ in range(config.hidden_layers))
         self.head = nn.Linear(h, 11 + 3 * self.sh_coeffs)
@@ -195,20 +209,23 @@ class LPGSModel(SceneModel):
         lo, hi = self.box[0], self.box[1]
         return ((means - lo) / (hi - lo).clamp_min(1e-9)).clamp(0, 1)
 
-    def decode(self, means: Tensor, scales: Tensor, opacities: Tensor) -> SplatData:
+    def decode(
+        self, means: Tensor, scales: Tensor, opacities: Tensor, features: Tensor
+    ) -> SplatData:
         """Children of parents, differentiably.
 
         Args:
             means: [P,3] parent positions (world).
             scales: [P] parent log sizes.
             opacities: [P] parent opacity logits, added to their children's.
+            features: [P,D] parent features, input to the MLP beside the hash feature.
 
         Returns:
             SplatData of the P*K children (child k of parent p at row p*K + k): means,
             quats (not normalised), log scales, opacity logits, sh0 [P*K,1,3], shN.
         """
         P, K = means.shape[0], self.config.children
-        feats = self.hash(self.normalized(means))
+        feats = torch.cat([self.hash(self.normalized(means)), features], -1)
         # the layers before the child embedding run once per parent, the head per child
         x = F.relu(self.input_layer(feats))
         for layer in self.hidden:
@@ -243,18 +260,28 @@ class LPGSModel(SceneModel):
 
     # -- construction -------------------------------------------------------------------
 
-    def set_parents(self, means: Tensor, scales: Tensor, opacities: Tensor | None = None) -> None:
+    def set_parents(
+        self,
+        means: Tensor,
+        scales: Tensor,
+        opacities: Tensor | None = None,
+        features: Tensor | None = None,
+    ) -> None:
         """Replace all parents (resizing the parameters).
 
         Args:
             means: [P,3] positions.
             scales: [P] log sizes.
             opacities: [P] opacity logits added to the children's (default 0).
+            features: [P,D] features (default 0).
         """
         values = {
             "means": means,
             "scales": scales,
             "opacities": torch.zeros_like(scales) if opacities is None else opacities,
+            "features": scales.new_zeros(len(scales), self.config.parent_features)
+            if features is None
+            else features,
         }
         for name, value in values.items():
             value = value.detach().float().to(self.box.device).contiguous()
@@ -456,6 +483,7 @@ class LPGSModel(SceneModel):
             "means": ParamGroup([self.parents["means"]], cfg.means_lr * s, cfg.means_lr * s * 0.01),
             "scales": ParamGroup([self.parents["scales"]], cfg.scales_lr),
             "opacities": ParamGroup([self.parents["opacities"]], cfg.opacities_lr),
+            "features": ParamGroup([self.parents["features"]], cfg.features_lr),
             "hash": ParamGroup([self.hash.params], cfg.hash_lr, cfg.hash_lr * decay),
             "mlp": ParamGroup(mlp, cfg.mlp_lr, cfg.mlp_lr * decay, eps=1e-8),
         }
@@ -535,6 +563,7 @@ class LPGSModel(SceneModel):
             "means": c.means[strong],
             "scales": torch.minimum(c.scales[strong].max(-1).values, self.parents["scales"][old]),
             "opacities": self.parents["opacities"][old],
+            "features": self.parents["features"][old],
         }
 
         if bool(prune.any()):

@@ -12,7 +12,10 @@ Training starts with a static warm-up (canonical splats only, deformation off), 
 trains both with the photometric loss plus the HexPlane regularisers (plane TV, time
 smoothness, L1 on the time planes) and the motion regularisers of
 ``snap3d.representations.trajectory`` (local rigidity, temporal smoothness) on random
-Gaussians. ``render(cameras)`` renders each camera at ``cameras.times``.
+Gaussians. A time curriculum helps large motions: the warm-up sees only the first frames
+(so that the canonical splats are the scene near its first time, not a blur of every
+time), and the window of frames then widens to the whole video while the field learns to
+carry the splats along. ``render(cameras)`` renders each camera at ``cameras.times``.
 
 ``export("trajectory-video", ...)`` writes a ``PointTrajectoryVideo``: the surface point
 a pixel sees at the first time is the alpha-blend of the Gaussians it sees then, so its
@@ -54,12 +57,12 @@ class Splat4DConfig(SplatConfig):
 
     static_fraction: float = 0.15
     """Fraction of the steps spent on the static warm-up (canonical splats only)."""
-    time_window: float = 1.0
+    time_window: float = 0.1
     """Time curriculum: the warm-up trains on the frames in the first ``time_window`` of
     the time range, and the window then widens linearly to all frames over
     ``window_fraction`` of the steps. 1 trains on every frame throughout."""
-    window_fraction: float = 0.3
-    plane_features: int = 32
+    window_fraction: float = 0.4
+    plane_features: int = 16
     """Channels of every HexPlane plane."""
     plane_resolution: int = 32
     """Spatial resolution of the coarsest planes (over the scene box); 4DGaussians uses
@@ -76,18 +79,18 @@ class Splat4DConfig(SplatConfig):
     """Also deform opacities (4DGaussians leaves them fixed)."""
     frame_code_dim: int = 0
     """Per-frame deformation code size (4Real); 0 turns the codes off."""
-    grid_lr: float = 1.6e-3
-    """HexPlane learning rate, decayed 100x over the run."""
-    deform_lr: float = 1.6e-4
+    grid_lr: float = 1e-2
+    """HexPlane learning rate, decayed 10x over the run (as 4DGaussians)."""
+    deform_lr: float = 1e-3
     """Learning rate of the trunk and the position head (times the camera extent: they
-    move things in world units) and of the other heads (as is), decayed 100x."""
+    move things in world units) and of the other heads (as is), decayed 10x."""
     frame_code_lr: float = 1e-3
     plane_tv_weight: float = 1e-4
     time_smoothness_weight: float = 1e-2
     time_l1_weight: float = 1e-4
-    rigidity_weight: float = 0.1
+    rigidity_weight: float = 1.0
     """Local rigidity of neighbouring Gaussians' trajectories (0 to turn off)."""
-    motion_smoothness_weight: float = 0.1
+    motion_smoothness_weight: float = 1.0
     """Second difference of Gaussians' trajectories over neighbouring frames (0: off)."""
     motion_samples: int = 256
     """Gaussians drawn per step for the motion regularisers."""
@@ -431,19 +434,19 @@ class Splat4DModel(SplatModel):
         field = self.deformation
         lr = cfg.deform_lr * self.scene.camera_extent
         groups["deformation_grid"] = ParamGroup(
-            list(field.grid.parameters()), cfg.grid_lr, lr_final=cfg.grid_lr * 0.01
+            list(field.grid.parameters()), cfg.grid_lr, lr_final=cfg.grid_lr * 0.1
         )
         groups["deformation_mlp"] = ParamGroup(
             list(field.trunk.parameters()) + list(field.heads["means"].parameters()),
             lr,
-            lr_final=lr * 0.01,
+            lr_final=lr * 0.1,
         )
         # rotations, log-scales and logits are unitless: no world-scale factor.
         others = [
             p for name, head in field.heads.items() if name != "means" for p in head.parameters()
         ]
         groups["deformation_heads"] = ParamGroup(
-            others, cfg.deform_lr, lr_final=cfg.deform_lr * 0.01
+            others, cfg.deform_lr, lr_final=cfg.deform_lr * 0.1
         )
         if field.frame_codes.numel() > 0:
             groups["frame_codes"] = ParamGroup([field.frame_codes], cfg.frame_code_lr)
