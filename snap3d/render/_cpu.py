@@ -1,5 +1,6 @@
 """The compiled CPU path: C++ projection and compositing, built on first use, wrapped in
-autograd Functions with hand-written backward passes.
+autograd Functions with hand-written backward passes; also the light slab's inference
+kernel (``lightslab_cpu.cpp``, used by ``snap3d.representations.lightslab``).
 
 The extension is compiled with ``torch.utils.cpp_extension.load`` into torch's extension
 cache the first time it is needed. If that fails, or ``SNAP3D_NO_EXT=1`` is set, callers
@@ -22,7 +23,7 @@ from snap3d.render._projection import Projection
 from snap3d.render._tiles import TileBins
 
 _SOURCES = [
-    Path(__file__).parent / "csrc" / name for name in ("project_cpu.cpp", "rasterize_cpu.cpp")
+    Path(__file__).parent / "csrc" / name for name in ("project_cpu.cpp", "rasterize_cpu.cpp", "lightslab_cpu.cpp")
 ]
 _state: dict[str, Any] = {"ops": None, "failed": False}
 

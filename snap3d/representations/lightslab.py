@@ -24,6 +24,7 @@ that a checkpoint renders without the data.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -410,10 +411,12 @@ class LightSlabModel(SceneModel):
         st = cfg.st_resolution or min(
             512, 1 << math.ceil(math.log2(max(scene.width, scene.height, 2)))
         )
-        # resolutions[l] = cells along (u, v, s, t) at level l, coarsest first.
+        # resolutions[l] = vertices along (u, v, s, t) at level l, coarsest first: a level
+        # has half the cells of the next, so the finest grid refines every coarser one
+        # (what folding the levels into one plane for rendering relies on).
         self.resolutions = [
             [
-                max(2, r >> (cfg.num_levels - 1 - level))
+                max(1, r >> (cfg.num_levels - 1 - level)) + 1
                 for r in (cfg.uv_resolution,) * 2 + (st,) * 2
             ]
             for level in range(cfg.num_levels)
@@ -549,6 +552,114 @@ class LightSlabModel(SceneModel):
             features = features.prod(1)
         return self.mlp(features.flatten(0, -2).T), valid
 
+    # -- compiled inference ------------------------------------------------------------
+
+    def _kernel(self) -> Any:
+        """The compiled light-slab operators when this model can use them now: inference
+        (no gradients wanted), on the CPU in float32, with concatenated features (the
+        fold needs the first layer to be linear in them). None otherwise."""
+        if (
+            self.config.combine != "concat"
+            or self.background.device.type != "cpu"
+            or self.background.dtype != torch.float32
+            or (torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters()))
+        ):
+            return None
+        from snap3d.render._cpu import load_extension
+
+        ops = load_extension()
+        return None if ops is None or not hasattr(ops, "lightslab_rays") else ops
+
+    def folded_planes(self) -> tuple[list[Tensor], Tensor]:
+        """The decoder's first layer folded into the feature planes, for rendering.
+
+        The first layer is linear in the concatenated plane samples and bilinear sampling
+        is linear in the plane, so sampling ``W_(l,p) plane_(l,p)`` (the layer's weight
+        block of level l, pair p, applied to every cell) gives that pair's share of the
+        layer's output. Coarser levels are resampled onto the finest grid, which refines
+        them exactly (piecewise bilinear functions on a grid stay so on its refinement),
+        and summed. The result is cached until a parameter changes.
+
+        Returns:
+            Six ``[K, rows, cols, H]`` planes (one per pair, rows along its first
+            coordinate) and the layer's bias [H]: the layer's pre-activation at a ray is
+            the bias plus the bilinear samples of the six planes.
+        """
+        first = self.mlp[0]
+        key = tuple((p.data_ptr(), p._version) for p in (*self.planes, *first.parameters()))
+        cached = getattr(self, "_folded", None)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        with torch.no_grad():
+            c = self.config.feature_dim
+            weight = first.weight.view(first.out_features, len(self.resolutions), len(PAIRS), c)
+            finest = self.resolutions[-1]
+            folded = []
+            for pair, (a, b) in enumerate(PAIRS):
+                total = None
+                for level in range(len(self.resolutions)):
+                    plane = self.plane(level, pair)  # [K,C,rows,cols]
+                    plane = F.interpolate(
+                        plane, size=(finest[a], finest[b]), mode="bilinear", align_corners=True
+                    )
+                    part = torch.einsum("hc,kcab->kabh", weight[:, level, pair], plane)
+                    total = part if total is None else total + part
+                folded.append(total.contiguous())
+            result = (folded, first.bias.detach().clone())
+        self._folded = (key, result)
+        return result
+
+    def _kernel_args(self) -> list:
+        """The arguments of the compiled operators after the rays."""
+        slabs, k = self.slabs, self.num_slabs
+        packed = torch.cat(
+            [
+                slabs.rotations.reshape(k, 9),
+                slabs.origins,
+                slabs.depths,
+                slabs.centers,
+                slabs.half_extents,
+            ],
+            -1,
+        ).contiguous()
+        planes, bias = self.folded_planes()
+        # the folded planes give the first layer's output; the kernel applies ReLU before
+        # each following layer
+        rest = [layer for layer in list(self.mlp)[1:] if isinstance(layer, nn.Linear)]
+        return [
+            packed,
+            self.sector_directions.contiguous(),
+            self.scene_centre.contiguous(),
+            self.config.sector_by == "direction",
+            1e-3,
+            planes,
+            bias,
+            [layer.weight.detach().contiguous() for layer in rest],
+            [layer.bias.detach().contiguous() for layer in rest],
+        ]
+
+    def _decode_compiled(
+        self, ops: Any, cameras: Cameras, index: int, grid: tuple, pixels: Callable[[], Tensor]
+    ) -> tuple[Tensor, Tensor]:
+        """Raw outputs [M,D] and validity [M] of camera ``index``'s low-resolution grid
+        ``grid = (rows, cols, stride, ox, oy)``, through the compiled kernel; ``pixels()``
+        gives the grid's image points [M,2] (needed only for lens distortion)."""
+        args = self._kernel_args()
+        rows, cols, stride, ox, oy = grid
+        if cameras.camera_model == "PINHOLE" or not bool(
+            cameras.distortion_or_zeros()[index].any()
+        ):
+            return ops.lightslab_pinhole(
+                cameras.camtoworlds[index].float(), cameras.Ks[index].float(),
+                rows, cols, float(stride), float(ox), float(oy), *args,
+            )  # fmt: skip
+        points = pixels()
+        cam = torch.full((points.shape[0],), index, dtype=torch.long)
+        origins, directions = cameras.rays_at(cam, points)
+        return ops.lightslab_rays(
+            origins.float().contiguous(), directions.float().contiguous(), *args
+        )
+
     def _composite(self, raw: Tensor, valid: Tensor) -> tuple[Tensor, Tensor]:
         """Colour over the background [...,3] and alpha [...,1] from raw outputs [...,3|4];
         rays that miss their slab show the background."""
@@ -584,23 +695,35 @@ class LightSlabModel(SceneModel):
         ox, oy = offset
         H, W = cameras.height - oy, cameras.width - ox
         h, w = -(-H // f), -(-W // f)
-        ys, xs = torch.meshgrid(
-            torch.arange(h, device=cameras.device),
-            torch.arange(w, device=cameras.device),
-            indexing="ij",
-        )
-        # A low-resolution pixel stands for the f x f block it upsamples to.
-        grid = torch.stack([xs, ys], -1).reshape(-1, 2).to(cameras.Ks)
-        pixels = (grid + 0.5) * f + torch.tensor(offset).to(grid)
+        grid: list[Tensor] = []
+
+        def pixels() -> Tensor:
+            """Image points [h*w,2] of the low-resolution pixels (made on first use)."""
+            if not grid:
+                ys, xs = torch.meshgrid(
+                    torch.arange(h, device=cameras.device),
+                    torch.arange(w, device=cameras.device),
+                    indexing="ij",
+                )
+                # A low-resolution pixel stands for the f x f block it upsamples to.
+                points = torch.stack([xs, ys], -1).reshape(-1, 2).to(cameras.Ks)
+                grid.append((points + 0.5) * f + torch.tensor(offset).to(points))
+            return grid[0]
+
         rgbs, alphas = [], []
+        ops = self._kernel()
         for i in range(len(cameras)):
-            raws, valids = [], []
-            for chunk in pixels.split(self.config.render_chunk):
-                cam = torch.full((chunk.shape[0],), i, dtype=torch.long, device=cameras.device)
-                raw, valid = self.decode_rays(*cameras.rays_at(cam, chunk))
-                raws.append(raw)
-                valids.append(valid)
-            raw, valid = torch.cat(raws), torch.cat(valids).view(h, w)
+            if ops is not None:
+                raw, valid = self._decode_compiled(ops, cameras, i, (h, w, f, ox, oy), pixels)
+                valid = valid.view(h, w)
+            else:
+                raws, valids = [], []
+                for chunk in pixels().split(self.config.render_chunk):
+                    cam = torch.full((chunk.shape[0],), i, dtype=torch.long, device=cameras.device)
+                    raw, valid = self.decode_rays(*cameras.rays_at(cam, chunk))
+                    raws.append(raw)
+                    valids.append(valid)
+                raw, valid = torch.cat(raws), torch.cat(valids).view(h, w)
             if self.upsampler is None:
                 raw = raw.view(h, w, -1)
             else:
