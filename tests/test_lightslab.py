@@ -339,6 +339,35 @@ def test_compiled_renderer_follows_parameter_updates():
     torch.testing.assert_close(after, want, atol=2e-5, rtol=0)
 
 
+def test_renders_without_the_compiled_kernel_when_its_build_fails(monkeypatch):
+    import warnings
+
+    import torch.utils.cpp_extension
+
+    from snap3d.render import _cpu
+
+    def broken_load(*args, **kwargs):
+        raise RuntimeError("no compiler")
+
+    monkeypatch.delenv("SNAP3D_NO_EXT", raising=False)
+    monkeypatch.setattr(torch.utils.cpp_extension, "load", broken_load)
+    monkeypatch.setitem(_cpu._state, "loaded", set())
+    monkeypatch.setitem(_cpu._state, "failed", set())
+    cameras = grid_cameras(2, 2, size=12)
+    dataset = synthetic_dataset(cameras, torch.rand(4, 12, 12, 3))
+    model = LightSlabModel(LightSlabConfig(**TINY), SceneMeta.from_dataset(dataset))
+    model.initialize(dataset)
+    randomised(model).eval()
+    with torch.no_grad(), pytest.warns(RuntimeWarning, match="light-slab renderer"):
+        got = model.render(cameras).rgb
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # warned once
+        with torch.no_grad():
+            model.render(cameras)
+    with torch.enable_grad():
+        torch.testing.assert_close(got, model.render(cameras).rgb.detach())
+
+
 # -- runs: checkpoints and the teacher ----------------------------------------------------
 
 

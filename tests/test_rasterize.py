@@ -553,8 +553,8 @@ def test_failed_build_falls_back_with_one_warning(monkeypatch):
 
     monkeypatch.delenv("SNAP3D_NO_EXT", raising=False)
     monkeypatch.setattr(torch.utils.cpp_extension, "load", broken_load)
-    monkeypatch.setitem(_cpu._state, "ops", None)
-    monkeypatch.setitem(_cpu._state, "failed", False)
+    monkeypatch.setitem(_cpu._state, "loaded", set())
+    monkeypatch.setitem(_cpu._state, "failed", set())
     scene = random_scene(50)
     with pytest.warns(RuntimeWarning, match="pure-PyTorch"):
         image, _, _ = rasterize_gaussians(*scene, WIDTH, HEIGHT)

@@ -22,18 +22,21 @@ from torch import Tensor
 from snap3d.render._projection import Projection
 from snap3d.render._tiles import TileBins
 
-_SOURCES = [
-    Path(__file__).parent / "csrc" / name for name in ("project_cpu.cpp", "rasterize_cpu.cpp", "lightslab_cpu.cpp")
-]
-_state: dict[str, Any] = {"ops": None, "failed": False}
+_CSRC = Path(__file__).parent / "csrc"
+# name -> sources; each builds on its own, so that one failing leaves the other usable
+_EXTENSIONS = {
+    "snap3d_rasterize_cpu": ("project_cpu.cpp", "rasterize_cpu.cpp"),
+    "snap3d_lightslab_cpu": ("lightslab_cpu.cpp",),
+}
+_state: dict[str, Any] = {"loaded": set(), "failed": set()}
 
 
-def load_extension() -> Any:
-    """The compiled operators (``torch.ops.snap3d``), or None when disabled by
-    ``SNAP3D_NO_EXT=1`` or when the build failed."""
-    if os.environ.get("SNAP3D_NO_EXT", "") not in ("", "0") or _state["failed"]:
-        return None
-    if _state["ops"] is None:
+def _build(name: str, what: str) -> bool:
+    """Build and load extension ``name`` once per process; False when disabled by
+    ``SNAP3D_NO_EXT=1`` or when the build failed (warned once)."""
+    if os.environ.get("SNAP3D_NO_EXT", "") not in ("", "0") or name in _state["failed"]:
+        return False
+    if name not in _state["loaded"]:
         # at::parallel_for only spreads work over threads when built with OpenMP, which
         # Apple's clang lacks; there the extension still works, single-threaded.
         openmp = [] if sys.platform == "darwin" else ["-fopenmp"]
@@ -41,23 +44,35 @@ def load_extension() -> Any:
             from torch.utils.cpp_extension import load
 
             load(
-                name="snap3d_rasterize_cpu",
-                sources=[str(source) for source in _SOURCES],
+                name=name,
+                sources=[str(_CSRC / source) for source in _EXTENSIONS[name]],
                 extra_cflags=["-O3", "-fno-trapping-math", *openmp],
                 extra_ldflags=openmp,
                 is_python_module=False,
             )
         except Exception as error:  # a missing or broken compiler shows up in many ways
-            _state["failed"] = True
+            _state["failed"].add(name)
             warnings.warn(
-                f"snap3d: could not build the compiled CPU rasterizer ({error}); "
-                "using the slower pure-PyTorch one. Set SNAP3D_NO_EXT=1 to skip the build.",
+                f"snap3d: could not build the compiled CPU {what} ({error}); using the "
+                "slower pure-PyTorch one. Set SNAP3D_NO_EXT=1 to skip the build.",
                 RuntimeWarning,
-                stacklevel=3,
+                stacklevel=4,
             )
-            return None
-        _state["ops"] = torch.ops.snap3d
-    return _state["ops"]
+            return False
+        _state["loaded"].add(name)
+    return True
+
+
+def load_extension() -> Any:
+    """The compiled rasterizer's operators (``torch.ops.snap3d``), or None when disabled
+    by ``SNAP3D_NO_EXT=1`` or when the build failed."""
+    return torch.ops.snap3d if _build("snap3d_rasterize_cpu", "rasterizer") else None
+
+
+def load_lightslab_extension() -> Any:
+    """The compiled light-slab renderer's operators (``torch.ops.snap3d.lightslab_*``), or
+    None (as :func:`load_extension`)."""
+    return torch.ops.snap3d if _build("snap3d_lightslab_cpu", "light-slab renderer") else None
 
 
 class _ProjectCPU(torch.autograd.Function):

@@ -557,18 +557,19 @@ class LightSlabModel(SceneModel):
     def _kernel(self) -> Any:
         """The compiled light-slab operators when this model can use them now: inference
         (no gradients wanted), on the CPU in float32, with concatenated features (the
-        fold needs the first layer to be linear in them). None otherwise."""
+        fold needs the first layer to be linear in them) and layers at most 256 wide.
+        None otherwise."""
         if (
             self.config.combine != "concat"
             or self.background.device.type != "cpu"
             or self.background.dtype != torch.float32
+            or max(layer.out_features for layer in self.mlp if isinstance(layer, nn.Linear)) > 256
             or (torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters()))
         ):
             return None
-        from snap3d.render._cpu import load_extension
+        from snap3d.render._cpu import load_lightslab_extension
 
-        ops = load_extension()
-        return None if ops is None or not hasattr(ops, "lightslab_rays") else ops
+        return load_lightslab_extension()
 
     def folded_planes(self) -> tuple[list[Tensor], Tensor]:
         """The decoder's first layer folded into the feature planes, for rendering.

@@ -18,6 +18,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <memory>
 #include <tuple>
 #include <vector>
@@ -27,7 +28,7 @@ namespace {
 constexpr int kPairs[6][2] = {{0, 1}, {0, 2}, {0, 3}, {1, 2}, {1, 3}, {2, 3}};
 constexpr int kSlabFields = 22;  // rotation 9, origin 3, depths 2, centers 4, half extents 4
 constexpr int kBatch = 64;       // rays per batch
-constexpr int kMaxWidth = 1024;  // widest layer
+constexpr int kMaxWidth = 256;   // widest layer (the model falls back to PyTorch beyond)
 
 // The hot loops are compiled twice on x86-64, for AVX2+FMA and for the baseline, and the
 // drivers pick one at run time (``use_avx2``).
@@ -38,7 +39,14 @@ constexpr int kMaxWidth = 1024;  // widest layer
 #define SNAP3D_X86 0
 #define SNAP3D_AVX2
 #endif
+#if defined(__GNUC__) || defined(__clang__)
 #define SNAP3D_INLINE inline __attribute__((always_inline))
+#define SNAP3D_VECTORS 1
+typedef float v8f __attribute__((vector_size(32)));
+#else
+#define SNAP3D_INLINE inline
+#define SNAP3D_VECTORS 0
+#endif
 
 struct Plane {
     const float *data;  // [K, rows, cols, H]
@@ -49,6 +57,7 @@ struct Layer {
     const float *weight;  // [out, in]
     const float *bias;    // [out]
     int in, out;
+    std::vector<float> transposed;  // [in, out]
 };
 
 struct Decoder {
@@ -75,8 +84,8 @@ struct Batch {
     float unit[4][kBatch];  // (u,v,s,t) mapped to [0,1]
     int64_t offset[6][kBatch];  // element offset of the top-left tap, per plane
     float fy[6][kBatch], fx[6][kBatch];
-    alignas(64) float x[kMaxWidth];  // activations of one ray
-    alignas(64) float y[kMaxWidth];
+    alignas(64) float x[kBatch * kMaxWidth];  // activations, a row per ray
+    alignas(64) float y[kBatch * kMaxWidth];
 };
 
 // The slab nearest a viewpoint v (any length: the argmax does not depend on it).
@@ -172,31 +181,127 @@ SNAP3D_INLINE void add_bilinear(float *__restrict acc, const float *__restrict t
     }
 }
 
-// The taps and the MLP of every ray of the batch; output rows at out (out_dim each).
-// ``x``, ``y``: scratch of kMaxWidth floats each.
-SNAP3D_INLINE void decode(const Decoder &dec, const Batch &b, float *__restrict x,
-                          float *__restrict y, float *out) {
+// y[i, :] = bias + x[i, :] W^T for the rays i < n (rounded up to 4: rows past n are
+// scratch) with wt = W^T [in, out], out a multiple of 8: blocks of 4 rays x 8 V outputs
+// held in registers.
+template <int V>
+SNAP3D_INLINE void gemm_block(const float *__restrict x, const float *__restrict wt,
+                              const float *__restrict bias, float *__restrict y, int in, int out,
+                              int i, int o) {
+#if SNAP3D_VECTORS
+    v8f acc[4][V];
+    for (int v = 0; v < V; ++v) {
+        v8f b;
+        std::memcpy(&b, bias + o + 8 * v, sizeof b);
+        for (int r = 0; r < 4; ++r) acc[r][v] = b;
+    }
+    for (int h = 0; h < in; ++h) {
+        v8f w[V];
+        for (int v = 0; v < V; ++v) std::memcpy(&w[v], wt + static_cast<int64_t>(h) * out + o + 8 * v, sizeof(v8f));
+        for (int r = 0; r < 4; ++r) {
+            const float xr = x[(i + r) * kMaxWidth + h];
+            for (int v = 0; v < V; ++v) acc[r][v] += xr * w[v];
+        }
+    }
+    for (int r = 0; r < 4; ++r) {
+        for (int v = 0; v < V; ++v) std::memcpy(y + (i + r) * kMaxWidth + o + 8 * v, &acc[r][v], sizeof(v8f));
+    }
+#else
+    for (int r = 0; r < 4; ++r) {
+        for (int d = o; d < o + 8 * V; ++d) {
+            float sum = bias[d];
+            for (int h = 0; h < in; ++h) sum += x[(i + r) * kMaxWidth + h] * wt[static_cast<int64_t>(h) * out + d];
+            y[(i + r) * kMaxWidth + d] = sum;
+        }
+    }
+#endif
+}
+
+SNAP3D_INLINE void gemm(const float *x, const Layer &layer, float *y, int n) {
+    for (int i = 0; i < n; i += 4) {
+        int o = 0;
+        for (; o + 16 <= layer.out; o += 16) {
+            gemm_block<2>(x, layer.transposed.data(), layer.bias, y, layer.in, layer.out, i, o);
+        }
+        if (o < layer.out) gemm_block<1>(x, layer.transposed.data(), layer.bias, y, layer.in, layer.out, i, o);
+    }
+}
+
+// The first layer of ray i into row: the bias plus the six planes' bilinear samples.
+SNAP3D_INLINE void first_layer(const Decoder &dec, const Batch &b, int i, float *row) {
     const int H = dec.hidden;
+    for (int h = 0; h < H; ++h) row[h] = dec.bias[h];
+    for (int p = 0; p < 6; ++p) {
+        const Plane &plane = dec.planes[p];
+        const float *t00 = plane.data + b.offset[p][i];
+        const float *t10 = t00 + static_cast<int64_t>(plane.cols) * H;
+        const float fy = b.fy[p][i], fx = b.fx[p][i];
+        add_bilinear(row, t00, t00 + H, t10, t10 + H, (1 - fy) * (1 - fx), (1 - fy) * fx,
+                     fy * (1 - fx), fy * fx, H);
+    }
+}
+
+#if SNAP3D_VECTORS
+// The same for H = 8 V, the sums held in registers across the planes.
+template <int V>
+SNAP3D_INLINE void first_layer_fixed(const Decoder &dec, const Batch &b, int i, float *row) {
+    constexpr int H = 8 * V;
+    v8f acc[V];
+    std::memcpy(acc, dec.bias, sizeof acc);
+    for (int p = 0; p < 6; ++p) {
+        const Plane &plane = dec.planes[p];
+        const float *t00 = plane.data + b.offset[p][i];
+        const float *t10 = t00 + static_cast<int64_t>(plane.cols) * H;
+        const float fy = b.fy[p][i], fx = b.fx[p][i];
+        const float w00 = (1 - fy) * (1 - fx), w01 = (1 - fy) * fx, w10 = fy * (1 - fx),
+                    w11 = fy * fx;
+        for (int v = 0; v < V; ++v) {
+            v8f a, c, d, e;
+            std::memcpy(&a, t00 + 8 * v, sizeof a);
+            std::memcpy(&c, t00 + H + 8 * v, sizeof c);
+            std::memcpy(&d, t10 + 8 * v, sizeof d);
+            std::memcpy(&e, t10 + H + 8 * v, sizeof e);
+            acc[v] += w00 * a + w01 * c + w10 * d + w11 * e;
+        }
+    }
+    std::memcpy(row, acc, sizeof acc);
+}
+#endif
+
+// The taps and the MLP of every ray of the batch; output rows at out (out_dim each).
+SNAP3D_INLINE void decode(const Decoder &dec, Batch &b, float *out) {
+    const int H = dec.hidden;
+    float *x = b.x, *y = b.y;
     for (int i = 0; i < b.n; ++i) {
-        for (int h = 0; h < H; ++h) x[h] = dec.bias[h];
-        for (int p = 0; p < 6; ++p) {
-            const Plane &plane = dec.planes[p];
-            const float *t00 = plane.data + b.offset[p][i];
-            const float *t10 = t00 + static_cast<int64_t>(plane.cols) * H;
-            const float fy = b.fy[p][i], fx = b.fx[p][i];
-            add_bilinear(x, t00, t00 + H, t10, t10 + H, (1 - fy) * (1 - fx), (1 - fy) * fx,
-                         fy * (1 - fx), fy * fx, H);
+        float *row = x + i * kMaxWidth;
+        switch (SNAP3D_VECTORS ? H : 0) {
+#if SNAP3D_VECTORS
+            case 16: first_layer_fixed<2>(dec, b, i, row); break;
+            case 32: first_layer_fixed<4>(dec, b, i, row); break;
+            case 48: first_layer_fixed<6>(dec, b, i, row); break;
+            case 64: first_layer_fixed<8>(dec, b, i, row); break;
+#endif
+            default: first_layer(dec, b, i, row);
         }
-        int width = H;
-        float *cur = x, *next = y;
-        for (const Layer &layer : dec.layers) {
-            for (int h = 0; h < width; ++h) cur[h] = std::max(cur[h], 0.f);
-            dense(cur, layer.weight, layer.bias, next, layer.out, layer.in);
-            width = layer.out;
-            std::swap(cur, next);
+    }
+    int width = H;
+    for (const Layer &layer : dec.layers) {
+        for (int i = 0; i < b.n; ++i) {
+            float *row = x + i * kMaxWidth;
+            for (int h = 0; h < width; ++h) row[h] = std::max(row[h], 0.f);
         }
-        float *row = out + static_cast<int64_t>(i) * dec.out_dim;
-        for (int h = 0; h < width; ++h) row[h] = cur[h];
+        if (layer.out % 8 == 0) {
+            gemm(x, layer, y, b.n);
+        } else {
+            for (int i = 0; i < b.n; ++i) {
+                dense(x + i * kMaxWidth, layer.weight, layer.bias, y + i * kMaxWidth, layer.out, width);
+            }
+        }
+        width = layer.out;
+        std::swap(x, y);
+    }
+    for (int i = 0; i < b.n; ++i) {
+        std::memcpy(out + static_cast<int64_t>(i) * dec.out_dim, x + i * kMaxWidth, sizeof(float) * width);
     }
 }
 
@@ -217,7 +322,7 @@ SNAP3D_INLINE void decode(const Decoder &dec, const Batch &b, float *__restrict 
         }                                                                                       \
         for (int k = 0; k < dec.num_slabs; ++k) intersect(dec, b, k, dec.num_slabs == 1);       \
         locate(dec, b);                                                                         \
-        decode(dec, b, b.x, b.y, out);                                                                    \
+        decode(dec, b, out);                                                                    \
         for (int i = 0; i < n; ++i) valid[i] = b.valid[i];                                      \
     }
 
@@ -259,7 +364,7 @@ SNAP3D_INLINE void decode(const Decoder &dec, const Batch &b, float *__restrict 
             for (int k = 0; k < dec.num_slabs; ++k) intersect(dec, b, k, false);               \
         }                                                                                       \
         locate(dec, b);                                                                         \
-        decode(dec, b, b.x, b.y, out);                                                                    \
+        decode(dec, b, out);                                                                    \
         for (int i = 0; i < n; ++i) valid[i] = b.valid[i];                                      \
     }
 
@@ -326,8 +431,13 @@ Decoder make_decoder(const at::Tensor &slabs, const at::Tensor &sectors, const a
         TORCH_CHECK(w.dim() == 2 && w.size(1) == width && w.size(0) <= kMaxWidth &&
                         biases[l].numel() == w.size(0),
                     "lightslab: layer ", l, " has the wrong shape");
-        dec.layers.push_back({float_ptr(w, "weight"), float_ptr(biases[l], "bias"), width,
-                              static_cast<int>(w.size(0))});
+        Layer layer{float_ptr(w, "weight"), float_ptr(biases[l], "bias"), width,
+                    static_cast<int>(w.size(0)), {}};
+        layer.transposed.resize(static_cast<size_t>(layer.in) * layer.out);
+        for (int o = 0; o < layer.out; ++o) {
+            for (int h = 0; h < layer.in; ++h) layer.transposed[h * layer.out + o] = layer.weight[o * layer.in + h];
+        }
+        dec.layers.push_back(std::move(layer));
         width = static_cast<int>(w.size(0));
     }
     dec.out_dim = width;
