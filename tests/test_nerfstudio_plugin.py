@@ -129,4 +129,38 @@ def test_ns_train_writes_a_run_snap3d_eval_reads(ns_run):
     _, pipeline, _, ns_step = eval_setup(run / "config.yml", test_mode="test")
     assert ns_step == STEPS - 1
     ns_metrics = pipeline.get_average_eval_image_metrics()
+    print(f"{name}: test PSNR ns-eval {ns_metrics['psnr']:.4f}, snap3d eval {result['psnr']:.4f}")
     assert ns_metrics["psnr"] == pytest.approx(result["psnr"], abs=0.05)
+
+
+# per method: the formats `snap3d export` writes from an ns-train run (ios: an iPhone
+# bundle, baked with Core ML for lpgs and lightslab: .venv-ns has the mobile extra)
+EXPORTS = {"splat": ("spz", "ios"), "lpgs": ("lpgs",), "lightslab": ("ios",)}
+
+
+def test_snap3d_export_reads_an_ns_train_run(ns_run, tmp_path):
+    from snap3d.io import load_splats
+    from snap3d.io.lpgs import load_lpgs
+
+    name, run = ns_run
+    snap3d_run = run / plugin.RUN_SUBDIR
+    model, _, _ = load_model(snap3d_run)
+    for fmt in EXPORTS[name]:
+        out = tmp_path / f"{name}.{fmt}"
+        if fmt == "ios":
+            pytest.importorskip("coremltools", reason="the mobile extra is not installed")
+            out = tmp_path / f"{name}.snap3d"
+        stdout = io.StringIO()
+        with contextlib.redirect_stdout(stdout):
+            snap3d_main(["export", str(snap3d_run), "--format", fmt, "--output", str(out), "--device", "cpu"])  # fmt: skip
+        assert stdout.getvalue().startswith(f"wrote {out}")
+        if fmt == "spz":
+            assert load_splats(out).means.shape[0] == model.num_gaussians
+        elif fmt == "lpgs":
+            assert load_lpgs(out).num_parents == model.num_parents
+        else:
+            from snap3d.mobile.bundle import validate
+
+            manifest = validate(out)
+            assert manifest["representation"] == name
+            assert manifest["source"] == {"method": name, "step": STEPS, "run": "snap3d"}

@@ -226,6 +226,9 @@ def _rasterize_gsplat(
     )
     if meta["means2d"].requires_grad:
         meta["means2d"].retain_grad()
+    radii = meta["radii"]
+    if radii.ndim == 2:  # gsplat < 1.5: one radius per Gaussian and camera, [C, N]
+        meta["radii"] = radii[..., None].expand(*radii.shape, 2)
     return render_colors, render_alphas, meta
 
 

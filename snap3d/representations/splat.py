@@ -23,7 +23,7 @@ from snap3d.io import SplatData, load_splats
 from snap3d.metrics import ssim_loss
 from snap3d.render import rasterize_gaussians
 from snap3d.representations.base import ParamGroup, RenderOutput, SceneMeta, SceneModel
-from snap3d.representations.strategies import enable_cpu_fallbacks
+from snap3d.representations.strategies import enable_cpu_fallbacks, strategy_info
 from snap3d.train.registry import register_method
 
 SH_C0 = 0.28209479177387814
@@ -332,19 +332,20 @@ class SplatModel(SceneModel):
         strategy = self.strategy()
         if hasattr(strategy, "step_pre_backward"):
             strategy.step_pre_backward(
-                self.splats, optimizers, self._strategy_state, step, output.extras
+                self.splats, optimizers, self._strategy_state, step, strategy_info(output.extras)
             )
 
     def after_step(self, step: int, output: RenderOutput, optimizers: dict) -> None:
         strategy = self.strategy()
+        info = strategy_info(output.extras)
         if self.config.strategy == "mcmc":
             lr = optimizers["means"].param_groups[0]["lr"]
             strategy.step_post_backward(
-                self.splats, optimizers, self._strategy_state, step, output.extras, lr=lr
+                self.splats, optimizers, self._strategy_state, step, info, lr=lr
             )
         else:
             strategy.step_post_backward(
-                self.splats, optimizers, self._strategy_state, step, output.extras, packed=False
+                self.splats, optimizers, self._strategy_state, step, info, packed=False
             )
 
     def training_state(self) -> dict[str, Tensor]:

@@ -5,11 +5,17 @@ functions their operations call run only as CUDA kernels in gsplat 1.5.3: the MC
 relocation rule and ``quat_scale_to_covar_preci``. ``enable_cpu_fallbacks`` wraps both
 in gsplat's strategy-ops module so that CUDA tensors still take gsplat's kernels and
 other tensors take the torch versions below.
+
+Our rasterizers always give ``radii`` as [C, N, 2] (one radius per image axis, as gsplat
+1.5 does); gsplat before 1.5 (nerfstudio 1.1.5 pins 1.4.0) gives and its strategies read
+[C, N]. ``strategy_info`` hands the strategies the shape the installed gsplat expects.
 """
 
 from __future__ import annotations
 
 import functools
+import re
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -52,6 +58,31 @@ def covariances_torch(quats: Tensor, scales: Tensor) -> Tensor:
     """[...,3,3] covariances R S S^T R^T from quaternions (w,x,y,z) and linear scales."""
     M = quat_to_rotmat(quats) * scales[..., None, :]
     return M @ M.transpose(-1, -2)
+
+
+@functools.cache
+def strategies_take_radius_pairs() -> bool:
+    """Whether the installed gsplat's strategies read ``radii`` as [..., 2] (gsplat >= 1.5)."""
+    from gsplat import __version__
+
+    match = re.match(r"(\d+)\.(\d+)", __version__)
+    return match is None or (int(match[1]), int(match[2])) >= (1, 5)
+
+
+def strategy_info(meta: dict[str, Any]) -> dict[str, Any]:
+    """``meta`` of a render, as the installed gsplat's densification strategies read it.
+
+    With gsplat >= 1.5 it is ``meta`` itself. Before 1.5 the strategies take one radius per
+    Gaussian and camera: a copy of ``meta`` whose ``radii`` [C, N, 2] (non-packed, as our
+    rasterizers give them) become [C, N], the
+    larger of the two (gsplat 1.4's own radius is the larger axis too; culled Gaussians keep
+    0). The other entries are the same objects, so ``means2d``'s gradient still reaches
+    the strategy.
+    """
+    radii = meta.get("radii")
+    if radii is None or radii.ndim != 3 or strategies_take_radius_pairs():
+        return meta
+    return {**meta, "radii": radii.amax(dim=-1)}
 
 
 @functools.cache
