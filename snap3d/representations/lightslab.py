@@ -610,8 +610,9 @@ class LightSlabModel(SceneModel):
         self._folded = (key, result)
         return result
 
-    def _kernel_args(self) -> list:
-        """The arguments of the compiled operators after the rays."""
+    def _kernel_args(self, composite: bool) -> list:
+        """The arguments of the compiled operators after the rays; ``composite``: the
+        kernel returns composited rgb and alpha [M,4] (``_composite``), not raw outputs."""
         slabs, k = self.slabs, self.num_slabs
         packed = torch.cat(
             [
@@ -637,6 +638,8 @@ class LightSlabModel(SceneModel):
             bias,
             [layer.weight.detach().contiguous() for layer in rest],
             [layer.bias.detach().contiguous() for layer in rest],
+            self.background.contiguous() if composite else None,
+            self.scene.has_alpha,
         ]
 
     def _decode_compiled(
@@ -645,7 +648,7 @@ class LightSlabModel(SceneModel):
         """Raw outputs [M,D] and validity [M] of camera ``index``'s low-resolution grid
         ``grid = (rows, cols, stride, ox, oy)``, through the compiled kernel; ``pixels()``
         gives the grid's image points [M,2] (needed only for lens distortion)."""
-        args = self._kernel_args()
+        args = self._kernel_args(composite=self.upsampler is None)
         rows, cols, stride, ox, oy = grid
         if cameras.camera_model == "PINHOLE" or not bool(
             cameras.distortion_or_zeros()[index].any()
@@ -716,6 +719,11 @@ class LightSlabModel(SceneModel):
         for i in range(len(cameras)):
             if ops is not None:
                 raw, valid = self._decode_compiled(ops, cameras, i, (h, w, f, ox, oy), pixels)
+                if self.upsampler is None:  # composited by the kernel
+                    rgba = raw.view(h, w, 4)
+                    rgbs.append(rgba[..., :3])
+                    alphas.append(rgba[..., 3:])
+                    continue
                 valid = valid.view(h, w)
             else:
                 raws, valids = [], []

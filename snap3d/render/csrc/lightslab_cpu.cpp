@@ -1,5 +1,6 @@
 // Light-slab rendering on the CPU, inference only: rays -> slab -> (u,v,s,t) -> the
-// decoder's first layer read from folded feature planes -> the rest of the MLP.
+// decoder's first layer read from folded feature planes -> the rest of the MLP -> (given a
+// background) colour and alpha composited as LightSlabModel._composite does.
 //
 // Same arithmetic as LightSlabModel.decode_rays in snap3d/representations/lightslab.py
 // (the reference): the model's concatenated plane features feed a linear layer, and
@@ -71,18 +72,21 @@ struct Decoder {
     const float *bias;  // [H], the first layer's
     int hidden;
     std::vector<Layer> layers;  // after the first: ReLU before each
+    const float *background;  // [3]: composite (output rgb, alpha), or null: raw outputs
+    bool has_alpha;           // composite: the last raw output is an opacity logit
     int out_dim;
 };
 
 // What a batch of rays carries between the stages.
 struct Batch {
     int n;
-    int slab[kBatch];
+    int32_t slab[kBatch];
     float ol[3][kBatch];  // origin and direction in the slab's frame
     float dl[3][kBatch];
     bool valid[kBatch];
     float unit[4][kBatch];  // (u,v,s,t) mapped to [0,1]
-    int64_t offset[6][kBatch];  // element offset of the top-left tap, per plane
+    float depth[2][kBatch], centre[4][kBatch], scale[4][kBatch];  // each ray's slab's
+    int32_t offset[6][kBatch];  // element offset of the top-left tap, per plane
     float fy[6][kBatch], fx[6][kBatch];
     alignas(64) float x[kBatch * kMaxWidth];  // activations, a row per ray
     alignas(64) float y[kBatch * kMaxWidth];
@@ -109,46 +113,70 @@ SNAP3D_INLINE void to_slab(const Decoder &dec, int k, const float *x, bool point
     for (int i = 0; i < 3; ++i) out[i] = R[3 * i] * y[0] + R[3 * i + 1] * y[1] + R[3 * i + 2] * y[2];
 }
 
-// (u,v,s,t) of the batch's rays, for rays of slab k; ``fixed``: every ray is in slab k.
-SNAP3D_INLINE void intersect(const Decoder &dec, Batch &b, int k, bool fixed) {
-    const float *slab = dec.slabs + static_cast<int64_t>(k) * kSlabFields;
-    const float d0 = slab[12], d1 = slab[13];
-    float centre[4], scale[4];
-    for (int c = 0; c < 4; ++c) centre[c] = slab[14 + c], scale[c] = 1.f / slab[18 + c];
-    const float c2 = dec.min_cos * dec.min_cos;
-    for (int i = 0; i < b.n; ++i) {
-        if (!fixed && b.slab[i] != k) continue;
+// (u,v,s,t) of rays [0, n) of the batch, with slab constants given per ray by
+// depth(i, j), centre(i, c), scale(i, c): one branch-free loop.
+template <typename Depth, typename Centre, typename Scale>
+SNAP3D_INLINE void intersect_with(Batch &b, float min_cos, Depth depth, Centre centre, Scale scale) {
+    const int n = b.n;
+    const float c2 = min_cos * min_cos;
+    for (int i = 0; i < n; ++i) {
         const float ox = b.ol[0][i], oy = b.ol[1][i], oz = b.ol[2][i];
         const float dx = b.dl[0][i], dy = b.dl[1][i], dz = b.dl[2][i];
         // cos(ray, normal) > min_cos, without the square root
-        const bool valid = dz > 0 && dz * dz > c2 * (dx * dx + dy * dy + dz * dz);
-        const float inv = valid ? 1.f / dz : 0.f;
-        const float t0 = (d0 - oz) * inv, t1 = (d1 - oz) * inv;
+        const bool valid = (dz > 0) & (dz * dz > c2 * (dx * dx + dy * dy + dz * dz));
+        const float inv = 1.f / (valid ? dz : 1.f);
+        const float t0 = (depth(i, 0) - oz) * inv, t1 = (depth(i, 1) - oz) * inv;
         const float raw[4] = {ox + t0 * dx, oy + t0 * dy, ox + t1 * dx, oy + t1 * dy};
         for (int c = 0; c < 4; ++c) {
             // invalid rays take uvst 0, the middle of the planes
-            const float x = valid ? (raw[c] - centre[c]) * scale[c] : 0.f;
+            const float x = valid ? (raw[c] - centre(i, c)) * scale(i, c) : 0.f;
             b.unit[c][i] = (std::min(std::max(x, -1.f), 1.f) + 1.f) * 0.5f;
         }
         b.valid[i] = valid;
     }
 }
 
+// (u,v,s,t) of the batch's rays: all in slab ``fixed``, or (fixed < 0) each in b.slab[i],
+// whose constants are gathered first.
+SNAP3D_INLINE void intersect(const Decoder &dec, Batch &b, int fixed) {
+    if (fixed >= 0) {
+        const float *slab = dec.slabs + static_cast<int64_t>(fixed) * kSlabFields;
+        float depth[2] = {slab[12], slab[13]}, centre[4], scale[4];
+        for (int c = 0; c < 4; ++c) centre[c] = slab[14 + c], scale[c] = 1.f / slab[18 + c];
+        intersect_with(
+            b, dec.min_cos, [&](int, int j) { return depth[j]; },
+            [&](int, int c) { return centre[c]; }, [&](int, int c) { return scale[c]; });
+        return;
+    }
+    for (int i = 0; i < b.n; ++i) {
+        const float *slab = dec.slabs + static_cast<int64_t>(b.slab[i]) * kSlabFields;
+        b.depth[0][i] = slab[12], b.depth[1][i] = slab[13];
+        for (int c = 0; c < 4; ++c) b.centre[c][i] = slab[14 + c], b.scale[c][i] = 1.f / slab[18 + c];
+    }
+    intersect_with(
+        b, dec.min_cos, [&](int i, int j) { return b.depth[j][i]; },
+        [&](int i, int c) { return b.centre[c][i]; }, [&](int i, int c) { return b.scale[c][i]; });
+}
+
 // Top-left tap and fractions of every ray on every plane.
 SNAP3D_INLINE void locate(const Decoder &dec, Batch &b) {
-    const int64_t H = dec.hidden;
+    const int H = dec.hidden;
     for (int p = 0; p < 6; ++p) {
         const Plane &plane = dec.planes[p];
         const float *ua = b.unit[kPairs[p][0]], *ub = b.unit[kPairs[p][1]];
         const float rmax = static_cast<float>(plane.rows - 1), cmax = static_cast<float>(plane.cols - 1);
-        const int r_hi = plane.rows - 2, c_hi = plane.cols - 2;
-        for (int i = 0; i < b.n; ++i) {
+        const int r_hi = plane.rows - 2, c_hi = plane.cols - 2, rows = plane.rows, cols = plane.cols;
+        int32_t *offset = b.offset[p];
+        float *fy = b.fy[p], *fx = b.fx[p];
+        const int32_t *slab = b.slab;
+        const int n = b.n;
+        for (int i = 0; i < n; ++i) {
             const float y = ua[i] * rmax, x = ub[i] * cmax;
             // the last cell takes the far border (fraction 1), so that every tap exists
             const int y0 = std::min(static_cast<int>(y), r_hi), x0 = std::min(static_cast<int>(x), c_hi);
-            b.fy[p][i] = y - static_cast<float>(y0);
-            b.fx[p][i] = x - static_cast<float>(x0);
-            b.offset[p][i] = ((static_cast<int64_t>(b.slab[i]) * plane.rows + y0) * plane.cols + x0) * H;
+            fy[i] = y - static_cast<float>(y0);
+            fx[i] = x - static_cast<float>(x0);
+            offset[i] = ((slab[i] * rows + y0) * cols + x0) * H;
         }
     }
 }
@@ -268,12 +296,31 @@ SNAP3D_INLINE void first_layer_fixed(const Decoder &dec, const Batch &b, int i, 
 }
 #endif
 
+// Ask for the cache lines of ray i's taps (they are scattered over the planes: without
+// this, each ray waits on its loads).
+constexpr int kAhead = 4;
+SNAP3D_INLINE void prefetch_taps(const Decoder &dec, const Batch &b, int i) {
+#if SNAP3D_VECTORS
+    const int64_t bytes = static_cast<int64_t>(dec.hidden) * 2 * sizeof(float);
+    for (int p = 0; p < 6; ++p) {
+        const Plane &plane = dec.planes[p];
+        const char *t00 = reinterpret_cast<const char *>(plane.data + b.offset[p][i]);
+        const char *t10 = t00 + static_cast<int64_t>(plane.cols) * dec.hidden * sizeof(float);
+        __builtin_prefetch(t00);
+        __builtin_prefetch(t10);
+        __builtin_prefetch(t00 + bytes - 1);
+        __builtin_prefetch(t10 + bytes - 1);
+    }
+#endif
+}
+
 // The taps and the MLP of every ray of the batch; output rows at out (out_dim each).
 SNAP3D_INLINE void decode(const Decoder &dec, Batch &b, float *out) {
     const int H = dec.hidden;
     float *x = b.x, *y = b.y;
     for (int i = 0; i < b.n; ++i) {
         float *row = x + i * kMaxWidth;
+        if (i + kAhead < b.n) prefetch_taps(dec, b, i + kAhead);
         switch (SNAP3D_VECTORS ? H : 0) {
 #if SNAP3D_VECTORS
             case 16: first_layer_fixed<2>(dec, b, i, row); break;
@@ -300,8 +347,23 @@ SNAP3D_INLINE void decode(const Decoder &dec, Batch &b, float *out) {
         width = layer.out;
         std::swap(x, y);
     }
+    if (dec.background == nullptr) {
+        for (int i = 0; i < b.n; ++i) {
+            std::memcpy(out + static_cast<int64_t>(i) * dec.out_dim, x + i * kMaxWidth, sizeof(float) * width);
+        }
+        return;
+    }
+    // colour sigmoid(raw[0:3]) over the background with alpha = hit x sigmoid(raw[3])
     for (int i = 0; i < b.n; ++i) {
-        std::memcpy(out + static_cast<int64_t>(i) * dec.out_dim, x + i * kMaxWidth, sizeof(float) * width);
+        const float *raw = x + i * kMaxWidth;
+        float *px = out + static_cast<int64_t>(i) * 4;
+        float alpha = b.valid[i] ? 1.f : 0.f;
+        if (dec.has_alpha) alpha *= 1.f / (1.f + std::exp(-raw[3]));
+        for (int c = 0; c < 3; ++c) {
+            const float colour = 1.f / (1.f + std::exp(-raw[c]));
+            px[c] = dec.background[c] + alpha * (colour - dec.background[c]);
+        }
+        px[3] = alpha;
     }
 }
 
@@ -320,7 +382,7 @@ SNAP3D_INLINE void decode(const Decoder &dec, Batch &b, float *out) {
             b.slab[i] = k;                                                                      \
             for (int j = 0; j < 3; ++j) b.ol[j][i] = ol[j], b.dl[j][i] = dl[j];                 \
         }                                                                                       \
-        for (int k = 0; k < dec.num_slabs; ++k) intersect(dec, b, k, dec.num_slabs == 1);       \
+        intersect(dec, b, dec.num_slabs == 1 ? 0 : -1);       \
         locate(dec, b);                                                                         \
         decode(dec, b, out);                                                                    \
         for (int i = 0; i < n; ++i) valid[i] = b.valid[i];                                      \
@@ -347,7 +409,7 @@ SNAP3D_INLINE void decode(const Decoder &dec, Batch &b, float *out) {
                 b.slab[i] = fixed;                                                              \
                 for (int r = 0; r < 3; ++r) b.ol[r][i] = ol[r], b.dl[r][i] = a[r] + i * s[r];  \
             }                                                                                   \
-            intersect(dec, b, fixed, true);                                                     \
+            intersect(dec, b, fixed);                                                     \
         } else {                                                                                \
             for (int i = 0; i < n; ++i) {                                                       \
                 float d[3], ol[3], dl[3], v[3];                                                 \
@@ -361,7 +423,7 @@ SNAP3D_INLINE void decode(const Decoder &dec, Batch &b, float *out) {
                 b.slab[i] = k;                                                                  \
                 for (int r = 0; r < 3; ++r) b.ol[r][i] = ol[r], b.dl[r][i] = dl[r];             \
             }                                                                                   \
-            for (int k = 0; k < dec.num_slabs; ++k) intersect(dec, b, k, false);               \
+            intersect(dec, b, -1);               \
         }                                                                                       \
         locate(dec, b);                                                                         \
         decode(dec, b, out);                                                                    \
@@ -401,7 +463,8 @@ const float *float_ptr(const at::Tensor &t, const char *what) {
 Decoder make_decoder(const at::Tensor &slabs, const at::Tensor &sectors, const at::Tensor &centre,
                      bool by_direction, double min_cos, const std::vector<at::Tensor> &planes,
                      const at::Tensor &bias, const std::vector<at::Tensor> &weights,
-                     const std::vector<at::Tensor> &biases) {
+                     const std::vector<at::Tensor> &biases,
+                     const c10::optional<at::Tensor> &background, bool has_alpha) {
     TORCH_CHECK(planes.size() == 6, "lightslab: six folded planes expected");
     TORCH_CHECK(slabs.dim() == 2 && slabs.size(1) == kSlabFields, "lightslab: slabs must be [K,22]");
     TORCH_CHECK(weights.size() == biases.size(), "lightslab: one bias per weight");
@@ -425,6 +488,9 @@ Decoder make_decoder(const at::Tensor &slabs, const at::Tensor &sectors, const a
         dec.planes[p] = {float_ptr(t, "plane"), static_cast<int>(t.size(1)),
                          static_cast<int>(t.size(2))};
     }
+    for (int p = 0; p < 6; ++p) {
+        TORCH_CHECK(planes[p].numel() < (int64_t{1} << 31), "lightslab: a folded plane is too large");
+    }
     int width = dec.hidden;
     for (size_t l = 0; l < weights.size(); ++l) {
         const at::Tensor &w = weights[l];
@@ -441,6 +507,13 @@ Decoder make_decoder(const at::Tensor &slabs, const at::Tensor &sectors, const a
         width = static_cast<int>(w.size(0));
     }
     dec.out_dim = width;
+    dec.has_alpha = has_alpha;
+    if (background.has_value() && background->defined()) {
+        TORCH_CHECK(background->numel() == 3, "lightslab: background must have 3 values");
+        TORCH_CHECK(width == 3 + (has_alpha ? 1 : 0), "lightslab: compositing needs rgb(a) outputs");
+        dec.background = float_ptr(*background, "background");
+        dec.out_dim = 4;
+    }
     return dec;
 }
 
@@ -449,9 +522,9 @@ std::tuple<at::Tensor, at::Tensor> lightslab_rays(
     const at::Tensor &origins, const at::Tensor &directions, const at::Tensor &slabs,
     const at::Tensor &sectors, const at::Tensor &centre, bool by_direction, double min_cos,
     std::vector<at::Tensor> planes, const at::Tensor &bias, std::vector<at::Tensor> weights,
-    std::vector<at::Tensor> biases) {
+    std::vector<at::Tensor> biases, const c10::optional<at::Tensor> &background, bool has_alpha) {
     const Decoder dec = make_decoder(slabs, sectors, centre, by_direction, min_cos, planes, bias,
-                                     weights, biases);
+                                     weights, biases, background, has_alpha);
     TORCH_CHECK(origins.dim() == 2 && origins.size(1) == 3 && directions.sizes() == origins.sizes(),
                 "lightslab: origins and directions must be [M,3]");
     const int64_t M = origins.size(0);
@@ -478,9 +551,10 @@ std::tuple<at::Tensor, at::Tensor> lightslab_pinhole(
     const at::Tensor &c2w, const at::Tensor &K, int64_t rows, int64_t cols, double stride,
     double ox, double oy, const at::Tensor &slabs, const at::Tensor &sectors,
     const at::Tensor &centre, bool by_direction, double min_cos, std::vector<at::Tensor> planes,
-    const at::Tensor &bias, std::vector<at::Tensor> weights, std::vector<at::Tensor> biases) {
+    const at::Tensor &bias, std::vector<at::Tensor> weights, std::vector<at::Tensor> biases,
+    const c10::optional<at::Tensor> &background, bool has_alpha) {
     const Decoder dec = make_decoder(slabs, sectors, centre, by_direction, min_cos, planes, bias,
-                                     weights, biases);
+                                     weights, biases, background, has_alpha);
     TORCH_CHECK(c2w.numel() == 16 && K.numel() == 9, "lightslab: c2w [4,4] and K [3,3]");
     auto c2w_d = c2w.to(at::kDouble).contiguous();
     auto K_d = K.to(at::kDouble).contiguous();
@@ -530,12 +604,12 @@ TORCH_LIBRARY_FRAGMENT(snap3d, m) {
     m.def(
         "lightslab_rays(Tensor origins, Tensor directions, Tensor slabs, Tensor sectors, "
         "Tensor centre, bool by_direction, float min_cos, Tensor[] planes, Tensor bias, "
-        "Tensor[] weights, Tensor[] biases) -> (Tensor, Tensor)");
+        "Tensor[] weights, Tensor[] biases, Tensor? background, bool has_alpha) -> (Tensor, Tensor)");
     m.def(
         "lightslab_pinhole(Tensor c2w, Tensor K, int rows, int cols, float stride, float ox, "
         "float oy, Tensor slabs, Tensor sectors, Tensor centre, bool by_direction, "
-        "float min_cos, Tensor[] planes, Tensor bias, Tensor[] weights, Tensor[] biases) "
-        "-> (Tensor, Tensor)");
+        "float min_cos, Tensor[] planes, Tensor bias, Tensor[] weights, Tensor[] biases, "
+        "Tensor? background, bool has_alpha) -> (Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(snap3d, CPU, m) {
