@@ -74,11 +74,16 @@ class LightSlabConfig:
     rounded up to a power of two, at most 512."""
     num_levels: int = 3
     """Resolution levels; each coarser one halves both resolutions."""
-    feature_dim: int = 8
-    """Channels of every feature plane."""
+    feature_dim: int = 16
+    """Channels of every feature plane. Rendering does not pay for them: the compiled
+    renderer folds the first layer into the planes, so its cost is set by ``hidden_dim``
+    and ``hidden_layers``."""
     combine: Literal["concat", "product"] = "concat"
     """Plane features of a level are concatenated (LightSpeed) or multiplied (K-planes)."""
-    hidden_dim: int = 64
+    hidden_dim: int = 32
+    """Width of the decoder's hidden layers. The main cost of rendering: on the bundled
+    forward-facing scene 64 gains about 1.3 dB (no teacher) and renders about 1.8x
+    slower; one hidden layer instead of two loses about 1 dB."""
     hidden_layers: int = 2
     decoder: Literal["mlp", "conv"] = "mlp"
     """mlp: the MLP gives each pixel's colour (trains on ray batches). conv: the MLP gives
