@@ -120,7 +120,11 @@ def render_time(model, cameras, repeats: int) -> dict:
         "render_ms_min": round(min(walls), 2),
         "render_cpu_ms": round(statistics.median(cpus), 2),
         "render_ms_all": [round(w, 2) for w in walls],
-        "renderer": "compiled" if kernel is not None and kernel() is not None else "pytorch",
+        "renderer": (
+            ("compiled" if kernel() is not None else "pytorch")
+            if kernel is not None
+            else getattr(model.config, "backend", None)
+        ),
     }
 
 

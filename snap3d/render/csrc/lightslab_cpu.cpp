@@ -324,6 +324,7 @@ SNAP3D_INLINE void decode(const Decoder &dec, Batch &b, float *out) {
         switch (SNAP3D_VECTORS ? H : 0) {
 #if SNAP3D_VECTORS
             case 16: first_layer_fixed<2>(dec, b, i, row); break;
+            case 24: first_layer_fixed<3>(dec, b, i, row); break;
             case 32: first_layer_fixed<4>(dec, b, i, row); break;
             case 48: first_layer_fixed<6>(dec, b, i, row); break;
             case 64: first_layer_fixed<8>(dec, b, i, row); break;
