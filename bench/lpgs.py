@@ -6,7 +6,8 @@ In one run, on the bundled 360° RGBA object (assets/object360) and forward-faci
 - trains ``splat`` (its default config) for ``--steps`` steps;
 - trains ``lpgs`` from scratch for ``--steps`` steps;
 - trains ``lpgs --init-from`` that splat run: parents clustered from its Gaussians, heads
-  distilled, then ``--init-steps`` photometric steps;
+  distilled, then ``--init-steps`` photometric steps (default: ``--steps``, the same
+  photometric steps as the others; the splat run it starts from comes on top);
 
 and for each run scores the test split (PSNR, SSIM), counts the stored primitives
 (Gaussians for splat, parents for lpgs) and exports it with ``snap3d export`` as ``.ply``
@@ -19,7 +20,7 @@ It writes JSON and prints a table. Step counts default to the CPU schedules' 500
 CPU shared with other work that takes hours, so ``--steps`` lowers them (the schedules
 scale with the step count).
 
-    python bench/lpgs.py [--out bench/results/lpgs.json] [--steps 5000] [--init-steps 2000]
+    python bench/lpgs.py [--out bench/results/lpgs.json] [--steps 5000] [--init-steps 5000]
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ def train_and_measure(
         data=scene, output=run_dir, max_steps=steps, progress=False, device=device, save_every=0
     )
     trainer = Trainer(method, config, cfg)
+    device = str(trainer.device)  # "auto" resolved, for export and loading
     start = time.perf_counter()
     cpu_start = time.process_time()
     trainer.setup()  # lpgs --init-from distils here: counted as training
@@ -149,7 +151,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     steps = args.steps or SplatConfig().default_max_steps("cpu")
-    init_steps = args.init_steps or max(1, steps * 2 // 5)
+    init_steps = args.init_steps or steps
     runs_root = args.runs or Path(tempfile.mkdtemp(prefix="snap3d-bench-lpgs-"))
     load_before = os.getloadavg()
     rows = []

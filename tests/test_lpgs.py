@@ -18,7 +18,7 @@ from snap3d.io.export import export_run
 from snap3d.io.lpgs import load_lpgs, read_lpgs, save_lpgs
 from snap3d.metrics import psnr
 from snap3d.representations.base import SceneMeta
-from snap3d.representations.lpgs import LPGSConfig, LPGSModel, voxel_clusters
+from snap3d.representations.lpgs import LPGSConfig, LPGSModel, kd_clusters
 from snap3d.representations.splat import SplatConfig
 from snap3d.train import TrainConfig, Trainer, load_model
 
@@ -196,7 +196,8 @@ def test_compact_file_round_trips(run, scene, tmp_path):
     header = read_lpgs(path).header
     encodings = {s["name"]: s["encoding"] for s in header["sections"]}
     assert encodings["parents.means"] == "u16" and encodings["hash.params"] == "i8"
-    assert encodings["head.weight"] == "i8" and encodings["head.bias"] == "f16"
+    assert encodings["hidden.0.weight"] == "i8" and encodings["head.weight"] == "f16"
+    assert encodings["head.bias"] == "f16"
     assert encodings["parents.features"] == "u8" and encodings["box"] == "f32"
 
     exact_path = tmp_path / "exact.lpgs"
@@ -244,13 +245,29 @@ def test_export_command_writes_lpgs_ply_and_spz(run):
         trainer.model.export("glb", out / "x.glb")
 
 
-def test_voxel_clusters_group_points():
-    points = torch.cat([torch.randn(30, 3) * 0.01 + c for c in torch.eye(3) * 5])
-    cell, members = voxel_clusters(points, 3)
-    assert int(cell.max()) + 1 == 3
-    for k in range(3):
-        assert torch.equal(cell[k * 30 : (k + 1) * 30], cell[k * 30].expand(30))
-    assert members.valid.sum() == 90 and members.index.shape == (3, 30)
+def test_the_parent_budget_is_kept_with_the_training_state():
+    model = random_model(10)
+    assert model.budget == TINY["max_parents"]
+    model.budget = 1234  # as distill sets it from a splat run
+    other = random_model(10)
+    other.load_training_state(model.training_state())
+    assert other.budget == 1234
+
+
+def test_kd_clusters_hold_exactly_k_points_each():
+    g = torch.Generator().manual_seed(0)
+    # dense and sparse parts: every cluster still gets K points, and they stay together
+    points = torch.cat(
+        [torch.randn(301, 3, generator=g) * 0.01, torch.rand(100, 3, generator=g) * 10]
+    )
+    cell, members = kd_clusters(points, 4)
+    counts = torch.bincount(cell)
+    assert counts.shape[0] == math.ceil(401 / 4) and int((counts < 4).sum()) == 1
+    assert members.index.shape == (101, 4) and int(members.valid.sum()) == 401
+    for p in range(101):
+        assert bool((cell[members.index[p][members.valid[p]]] == p).all())
+    # the dense blob is not spread over the sparse part's clusters
+    assert len(cell[:301].unique()) <= math.ceil(301 / 4) + 2
 
 
 def test_init_from_a_splat_run_distils_the_heads(scene, tmp_path):
@@ -264,7 +281,8 @@ def test_init_from_a_splat_run_distils_the_heads(scene, tmp_path):
     model = LPGSModel(LPGSConfig(**TINY), load_model(tmp_path / "splat")[0].scene)
     history = model.distill(teacher, steps=30)
     assert history["last"] < 0.8 * history["first"]
-    assert abs(model.num_parents - opaque / 4) < opaque / 8
+    assert model.num_parents == math.ceil(opaque / 4)  # clusters of exactly K = 4
+    assert model.budget == max(TINY["max_parents"], math.ceil(2 * opaque / 4))
 
     cfg = TrainConfig(
         data=scene, output=tmp_path / "lpgs", max_steps=5, progress=False, device="cpu"

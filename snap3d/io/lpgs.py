@@ -37,9 +37,10 @@ What the tensors mean, and how children are decoded from them, is documented in
 Precisions: ``lossless`` stores everything as f32 (the loaded model equals the saved one
 bit for bit); ``compact`` (default) stores positions as u16 over the parents' bounding box,
 the other parent values (size, opacity, features) as u8 per channel, the hash tables as i8
-with a scale per level, weight matrices and the child embedding as i8 with a scale per row,
-biases as f16 and buffers as f32. In ``compact``, hash-table entries that no parent reads
-are written as zeros (they never influence a child), which deflates well.
+with a scale per level, the input and hidden layers' weights and the child embedding as
+i8 with a scale per row, the output layer's weights (``head.weight``) and all biases as
+f16, and buffers as f32. In ``compact``, hash-table entries that no parent reads are
+written as zeros (they never influence a child), which deflates well.
 """
 
 from __future__ import annotations
@@ -73,6 +74,9 @@ _COMPACT = {
     "parents.scales": "u8",
     "parents.opacities": "u8",
     "parents.features": "u8",
+    # the output layer's errors go straight into every child: as i8 per row it cost
+    # 0.13 dB on the bundled forward scene, as f16 0.01 dB, for about 1.5 KB more
+    "head.weight": "f16",
 }
 
 

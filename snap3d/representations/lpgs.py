@@ -30,8 +30,9 @@ sensible children before its own features are trained.
 Training renders the children with ``rasterize_gaussians`` and manages the parent tree in
 ``after_step``: parents whose children are all transparent (or never seen) are pruned,
 children with large screen-space gradients or high image error at their centres are
-promoted to parents, up to ``max_parents``. ``init_from`` starts from a trained ``splat``
-run: its Gaussians are clustered into parents and the heads distilled to reproduce them.
+promoted to parents, up to the parent budget. ``init_from`` starts from a trained ``splat``
+run: its Gaussians are split into clusters of K by a k-d tree, one parent each, and the
+heads distilled to reproduce them.
 """
 
 from __future__ import annotations
@@ -99,7 +100,12 @@ class LPGSConfig:
     hidden_layers: int = 1
     """Hidden layers (per parent) between the input layer and the child embedding."""
     max_parents: int = 4000
-    """Parent budget: growth stops here."""
+    """Parent budget: growth stops here (but see ``init_budget``)."""
+    init_budget: float = 2.0
+    """With ``init_from``: the budget is at least this many times the parents needed for
+    the splat run's N Gaussians (N/K), as its size says what the scene needs. Distillation
+    keeps at most the budget times K of them (those covering most), which only bites
+    below 1."""
     refine_every: int = 100
     prune_opa: float = 0.005
     """Parents whose children's opacities all stay below this are pruned."""
@@ -160,6 +166,8 @@ class LPGSModel(SceneModel):
         if not 0 <= config.sh_degree <= 3:
             raise Snap3dError(f"sh_degree must be in 0..3, got {config.sh_degree}")
         self.max_steps = config.default_max_steps("cpu")
+        # parents growth may reach: max_parents, or more after distill (a training state)
+        self.budget = config.max_parents
         self.parents = nn.ParameterDict(
             {
                 "means": nn.Parameter(torch.zeros(0, 3)),
@@ -324,11 +332,16 @@ class LPGSModel(SceneModel):
         """Choose parents among ``splats`` and fit the heads so that their children
         reproduce the Gaussians; returns the first and last distillation losses.
 
-        Parents are the opacity-weighted centres of the Gaussians in the cells of a voxel
-        grid whose size gives about N / K occupied cells (at most ``max_parents``). Each
-        child is pulled to the Gaussian of its parent's cell nearest to it, and each
-        Gaussian pulls the nearest child (a two-way Chamfer match per parent) on position,
-        covariance, opacity and colour.
+        The parent budget becomes ``max(max_parents, init_budget * N / K)`` for the N
+        Gaussians with opacity above 0.02. They (when more than the budget times K, those
+        with the largest opacity x area) are split by a k-d tree
+        (``kd_clusters``) into clusters of exactly K, one parent each, so that every
+        Gaussian has a child to become wherever the splat run is dense or sparse. A
+        parent sits at its cluster's opacity-weighted centre with a size that lets its
+        children reach the farthest member (and at least the widest member's largest
+        standard deviation). Each child is pulled to the Gaussian of its cluster nearest
+        to it, and each Gaussian pulls the nearest child (a two-way Chamfer match per
+        parent) on position, covariance, opacity and colour.
         """
         cfg = self.config
         steps = cfg.distill_steps if steps is None else steps
@@ -336,21 +349,28 @@ class LPGSModel(SceneModel):
         keep = torch.sigmoid(splats.opacities) > 0.02
         if int(keep.sum()) == 0:
             raise Snap3dError("the splat run has no Gaussians to start from")
-        # most opaque first: clusters list their most opaque members
         splats = splats.select(keep)
-        splats = splats.select(torch.argsort(splats.opacities, descending=True))
-        target = min(max(1, math.ceil(splats.num / cfg.children)), cfg.max_parents)
-        cell, members = voxel_clusters(splats.means, target)
+        K = cfg.children
+        self.budget = max(cfg.max_parents, math.ceil(cfg.init_budget * splats.num / K))
+        if splats.num > self.budget * K:
+            # over budget: keep the Gaussians that cover the most (opacity x area)
+            area = splats.scales.topk(2, dim=-1).values.sum(-1)
+            importance = torch.sigmoid(splats.opacities).log() + area
+            splats = splats.select(importance.topk(self.budget * K).indices)
+        cell, members = kd_clusters(splats.means, K)
         weights = torch.sigmoid(splats.opacities)
         P = int(cell.max()) + 1
         wsum = weights.new_zeros(P).index_add_(0, cell, weights)
         means = weights.new_zeros(P, 3).index_add_(0, cell, splats.means * weights[:, None])
         means = means / wsum[:, None]
-        spread = weights.new_zeros(P).index_add_(
-            0, cell, weights * (splats.means - means[cell]).square().sum(-1)
+        # children reach |pattern| + offset_range * tanh(o) parent sizes from the centre
+        reach = cfg.pattern_radius + 0.75 * cfg.offset_range
+        far = weights.new_zeros(P).scatter_reduce(
+            0, cell, (splats.means - means[cell]).norm(dim=-1), "amax"
         )
-        voxel = members.voxel_size
-        sizes = torch.sqrt(spread / wsum).clamp(voxel / 4, voxel)
+        std = torch.exp(splats.scales).max(-1).values
+        widest = weights.new_zeros(P).scatter_reduce(0, cell, std, "amax")
+        sizes = torch.maximum(far / reach, widest).clamp_min(1e-7)
         self.set_parents(means, torch.log(sizes))
 
         idx, valid = members.index, members.valid  # [P,M]
@@ -368,7 +388,7 @@ class LPGSModel(SceneModel):
         optim = torch.optim.Adam(
             [{"params": g.params, "lr": g.lr, "eps": g.eps} for g in self.param_groups().values()]
         )
-        K, M = cfg.children, idx.shape[1]
+        M = idx.shape[1]
         history = []
         for _ in range(steps):
             c = self.expand()
@@ -536,10 +556,11 @@ class LPGSModel(SceneModel):
         A parent is pruned when all its children's opacities are below ``prune_opa`` or none
         was visible. A visible, opaque-enough child is promoted when its mean screen-space
         gradient exceeds ``grow_grad2d`` or its mean image error exceeds ``grow_error``; the
-        strongest go first, at most ``grow_fraction`` of the parents and up to
-        ``max_parents``. A new parent sits at the child's centre with the child's largest
-        scale as its size (never larger than its old parent's). Optimizer moments of the
-        parent parameters are cut and extended with the parameters.
+        strongest go first, at most ``grow_fraction`` of the parents and up to the budget
+        (``max_parents``, or more after ``distill``). A new parent sits at the child's
+        centre with the child's largest scale as its size (never larger than its old
+        parent's). Optimizer moments of the parent parameters are cut and extended with the
+        parameters.
         """
         from gsplat.strategy.ops import _update_param_with_optimizer, remove
 
@@ -555,7 +576,7 @@ class LPGSModel(SceneModel):
 
         score = torch.maximum(grad / cfg.grow_grad2d, error / cfg.grow_error)
         score = score.masked_fill((count == 0) | (opacity < cfg.prune_opa) | prune[:, None], 0)
-        room = min(cfg.max_parents - (P - int(prune.sum())), math.ceil(cfg.grow_fraction * P))
+        room = min(self.budget - (P - int(prune.sum())), math.ceil(cfg.grow_fraction * P))
         strong = torch.nonzero(score.flatten() > 1)[:, 0]
         strong = strong[score.flatten()[strong].argsort(descending=True)[: max(room, 0)]]
         old = strong // K
@@ -581,13 +602,20 @@ class LPGSModel(SceneModel):
         return {"pruned": int(prune.sum()), "promoted": int(strong.numel())}
 
     def training_state(self) -> dict[str, Tensor]:
-        return {"grad2d": self._grad2d, "error": self._error, "count": self._count}
+        return {
+            "grad2d": self._grad2d,
+            "error": self._error,
+            "count": self._count,
+            "budget": torch.tensor(self.budget),
+        }
 
     def load_training_state(self, state: dict[str, Tensor]) -> None:
         device = self.box.device
         self._grad2d = state["grad2d"].to(device)
         self._error = state["error"].to(device)
         self._count = state["count"].to(device)
+        if "budget" in state:
+            self.budget = int(state["budget"])
 
     # -- export -------------------------------------------------------------------------
 
@@ -645,51 +673,61 @@ def pair_error(
 
 @dataclass
 class Members:
-    """Up to M member indices per cluster, in input order: index [P,M] (padded with 0),
-    valid [P,M], and the voxel size the clusters came from."""
+    """Up to M member indices per cluster, in input order: index [P,M] (padded with 0)
+    and valid [P,M]."""
 
     index: Tensor
     valid: Tensor
-    voxel_size: float
 
 
-def voxel_clusters(points: Tensor, target: int, max_members: int = 32) -> tuple[Tensor, Members]:
-    """Cluster points by a voxel grid sized so that about ``target`` cells are occupied.
+def kd_clusters(points: Tensor, leaf: int) -> tuple[Tensor, Members]:
+    """Split points into clusters of exactly ``leaf`` points (one cluster may hold fewer)
+    with a k-d tree: each node is cut across its longest side at a multiple of ``leaf``
+    near its median, until no node holds more than ``leaf`` points.
+
+    Unlike a voxel grid, every cluster gets the same number of points wherever the points
+    are dense or sparse, so K children per parent can reproduce K Gaussians one to one.
 
     Args:
         points: [N,3].
-        target: wanted number of clusters (the result may be a few more or fewer).
-        max_members: members listed per cluster, the first in input order.
+        leaf: points per cluster.
 
     Returns:
-        (cluster id [N] in 0..P-1, Members).
+        (cluster id [N] in 0..P-1, P = ceil(N / leaf); Members with M = leaf).
     """
-    lo = points.min(0).values
-    extent = float((points.max(0).values - lo).max().clamp_min(1e-6))
-    small, large = extent * 1e-4, extent * 2
-    for _ in range(40):  # bisection on the log of the voxel size
-        size = math.sqrt(small * large)
-        cells = torch.floor((points - lo) / size).long()
-        n = torch.unique(cells, dim=0).shape[0]
-        if n > target:
-            small = size
-        else:
-            large = size
-    size = large
-    cells = torch.floor((points - lo) / size).long()
-    _, cell = torch.unique(cells, dim=0, return_inverse=True)
-    P = int(cell.max()) + 1
-    order = torch.argsort(cell, stable=True)
-    counts = torch.bincount(cell, minlength=P)
+    n = points.shape[0]
+    device = points.device
+    group = torch.zeros(n, dtype=torch.long, device=device)
+    arange = torch.arange(n, device=device)
+    while True:
+        counts = torch.bincount(group)
+        if int(counts.max()) <= leaf:
+            break
+        G = counts.shape[0]
+        index = group[:, None].expand(-1, 3)
+        lo = points.new_full((G, 3), math.inf).scatter_reduce(0, index, points, "amin")
+        hi = points.new_full((G, 3), -math.inf).scatter_reduce(0, index, points, "amax")
+        axis = (hi - lo).argmax(1)
+        key = points.gather(1, axis[group][:, None])[:, 0]
+        order = torch.argsort(key, stable=True)
+        order = order[torch.argsort(group[order], stable=True)]
+        starts = torch.cumsum(counts, 0) - counts
+        rank = torch.empty_like(group)
+        rank[order] = arange - starts[group[order]]
+        left = leaf * torch.div(counts + 2 * leaf - 1, 2 * leaf, rounding_mode="floor")
+        right = (counts[group] > leaf) & (rank >= left[group])
+        _, group = torch.unique(group * 2 + right.long(), return_inverse=True)
+    P = int(group.max()) + 1
+    order = torch.argsort(group, stable=True)
+    counts = torch.bincount(group, minlength=P)
     starts = torch.cumsum(counts, 0) - counts
-    rank = torch.arange(points.shape[0], device=points.device) - starts[cell[order]]
-    M = min(int(counts.max()), max_members)
-    index = torch.zeros(P, M, dtype=torch.long, device=points.device)
-    valid = torch.zeros(P, M, dtype=torch.bool, device=points.device)
-    ok = rank < M
-    index[cell[order][ok], rank[ok]] = order[ok]
-    valid[cell[order][ok], rank[ok]] = True
-    return cell, Members(index, valid, size)
+    rank = arange - starts[group[order]]
+    M = int(counts.max())
+    index = torch.zeros(P, M, dtype=torch.long, device=device)
+    valid = torch.zeros(P, M, dtype=torch.bool, device=device)
+    index[group[order], rank] = order
+    valid[group[order], rank] = True
+    return group, Members(index, valid)
 
 
 register_method(
