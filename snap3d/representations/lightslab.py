@@ -514,6 +514,14 @@ class LightSlabModel(SceneModel):
         if "sector_directions" not in state:
             raise Snap3dError("checkpoint lacks the light slabs (sector_directions)")
         self._allocate(state["sector_directions"].shape[0])
+        for name, plane in self.planes.named_parameters():
+            saved = state.get(f"planes.{name}")
+            if saved is not None and saved.shape != plane.shape:
+                raise Snap3dError(
+                    f"checkpoint plane {name} is {list(saved.shape)}, this version of snap3d "
+                    f"makes {list(plane.shape)} from the run's config: the run was made by an "
+                    "older snap3d (plane levels became exact refinements); train it again"
+                )
         self.load_state_dict(state)
 
     # -- evaluation -------------------------------------------------------------------
