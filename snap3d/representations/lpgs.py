@@ -50,10 +50,9 @@ from snap3d.cameras import Cameras
 from snap3d.errors import Snap3dError
 from snap3d.io import SH_C0, SplatData
 from snap3d.metrics import ssim_loss
-from snap3d.render import rasterize_gaussians
 from snap3d.representations.base import ParamGroup, RenderOutput, SceneMeta, SceneModel
 from snap3d.representations.hashgrid import HashBackend, HashGrid, per_level_scale_for
-from snap3d.representations.splat import SCHEDULES, knn_mean_distance
+from snap3d.representations.splat import SCHEDULES, knn_mean_distance, render_splats
 from snap3d.representations.strategies import covariances_torch
 from snap3d.train.registry import register_method
 
@@ -431,32 +430,19 @@ class LPGSModel(SceneModel):
         **kwargs: Any,
     ) -> RenderOutput:
         """Render ``cameras`` ([N,H,W,3] images) from the decoded children."""
-        if cameras.camera_model != "PINHOLE" and cameras.distortion is not None:
-            raise Snap3dError(
-                "the splat rasterizer renders pinhole cameras; undistort the images first "
-                f"(got {cameras.camera_model} with distortion)"
-            )
         c = self.expand()
-        bg = self.background if background is None else background
-        bgs = bg.to(c.means).expand(len(cameras), 3) if bg.ndim == 1 else bg
-        colors, alphas, meta = rasterize_gaussians(
+        return render_splats(
+            cameras,
             c.means,
             c.quats,
-            torch.exp(c.scales),
-            torch.sigmoid(c.opacities),
+            c.scales,
+            c.opacities,
             torch.cat([c.sh0, c.shN], 1),
-            cameras.viewmats,
-            cameras.Ks,
-            cameras.width,
-            cameras.height,
+            config=self.config,
             sh_degree=self.sh_degree_at(step),
-            backgrounds=bgs,
+            background=self.background if background is None else background,
             render_mode=render_mode,
-            rasterize_mode=self.config.rasterize_mode,
-            backend=self.config.backend,
         )
-        depth = colors[..., 3:4] if colors.shape[-1] == 4 else None
-        return RenderOutput(rgb=colors[..., :3], alpha=alphas, depth=depth, extras=meta)
 
     # -- training -----------------------------------------------------------------------
 

@@ -106,6 +106,50 @@ def knn_mean_distance(points: Tensor, k: int = 3, chunk: int = 4096) -> Tensor:
     return out
 
 
+def render_splats(
+    cameras: Cameras,
+    means: Tensor,
+    quats: Tensor,
+    log_scales: Tensor,
+    opacity_logits: Tensor,
+    sh: Tensor,
+    *,
+    config: Any,
+    sh_degree: int,
+    background: Tensor,
+    render_mode: str = "RGB+ED",
+    absgrad: bool = False,
+) -> RenderOutput:
+    """Render Gaussians stored as splat parameters (log scales, opacity logits, SH [N,K,3])
+    with the rasterizer settings of ``config`` (its ``rasterize_mode`` and ``backend``);
+    ``background`` is [3] or [N,3]."""
+    if cameras.camera_model != "PINHOLE" and cameras.distortion is not None:
+        raise Snap3dError(
+            "the splat rasterizer renders pinhole cameras; undistort the images first "
+            f"(got {cameras.camera_model} with distortion)"
+        )
+    bgs = background.to(means).expand(len(cameras), 3) if background.ndim == 1 else background
+    colors, alphas, meta = rasterize_gaussians(
+        means,
+        quats,
+        torch.exp(log_scales),
+        torch.sigmoid(opacity_logits),
+        sh,
+        cameras.viewmats,
+        cameras.Ks,
+        cameras.width,
+        cameras.height,
+        sh_degree=sh_degree,
+        backgrounds=bgs,
+        render_mode=render_mode,
+        rasterize_mode=config.rasterize_mode,
+        absgrad=absgrad,
+        backend=config.backend,
+    )
+    depth = colors[..., 3:4] if colors.shape[-1] == 4 else None
+    return RenderOutput(rgb=colors[..., :3], alpha=alphas, depth=depth, extras=meta)
+
+
 class SplatModel(SceneModel):
     """A set of 3D Gaussians and the strategy that grows and prunes them."""
 
@@ -212,33 +256,20 @@ class SplatModel(SceneModel):
         **kwargs: Any,
     ) -> RenderOutput:
         """Render ``cameras`` ([N,H,W,3] images). ``step`` sets the SH degree ramp."""
-        if cameras.camera_model != "PINHOLE" and cameras.distortion is not None:
-            raise Snap3dError(
-                "the splat rasterizer renders pinhole cameras; undistort the images first "
-                f"(got {cameras.camera_model} with distortion)"
-            )
         p = self.splats
-        bg = self.background if background is None else background
-        bgs = bg.to(p["means"]).expand(len(cameras), 3) if bg.ndim == 1 else bg
-        colors, alphas, meta = rasterize_gaussians(
+        return render_splats(
+            cameras,
             p["means"],
             p["quats"],
-            torch.exp(p["scales"]),
-            torch.sigmoid(p["opacities"]),
+            p["scales"],
+            p["opacities"],
             torch.cat([p["sh0"], p["shN"]], 1),
-            cameras.viewmats,
-            cameras.Ks,
-            cameras.width,
-            cameras.height,
+            config=self.config,
             sh_degree=self.sh_degree_at(step),
-            backgrounds=bgs,
+            background=self.background if background is None else background,
             render_mode=render_mode,
-            rasterize_mode=self.config.rasterize_mode,
             absgrad=self.config.absgrad and self.training,
-            backend=self.config.backend,
         )
-        depth = colors[..., 3:4] if colors.shape[-1] == 4 else None
-        return RenderOutput(rgb=colors[..., :3], alpha=alphas, depth=depth, extras=meta)
 
     # -- training ---------------------------------------------------------------------
 
