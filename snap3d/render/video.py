@@ -90,7 +90,12 @@ def render_command(args) -> None:
     times = None
     if cfg["scene"].get("time_range") is not None:
         n = len(cameras)
-        times = [args.time] * n if args.time is not None else [i / max(n - 1, 1) for i in range(n)]
+        t0, t1 = cfg["scene"]["time_range"]  # sweep the scene's own time range
+        times = (
+            [args.time] * n
+            if args.time is not None
+            else [t0 + (t1 - t0) * i / max(n - 1, 1) for i in range(n)]
+        )
     frames = render_frames(model, cameras, times)
     output = args.output or Path(args.run) / "render" / f"{name}.mp4"
     print(f"wrote {write_frames(frames, output, args.fps)} ({len(frames)} frames)")
