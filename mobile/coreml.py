@@ -7,7 +7,8 @@ layers, their ReLUs, texel gathers from feature planes, the child embedding's ad
 float16 with float16 weights; geometry (ray-plane intersections, texel indices, child
 positions) stays float32, where float16 would misplace texels and children. Optionally
 the weights are then compressed: ``int8`` (linear symmetric, per output channel) or
-``palettize`` (a k-means lookup table of ``2^PALETTE_BITS`` values per tensor).
+``palettize`` (a k-means lookup table of ``2^PALETTE_BITS`` values per tensor, for
+tensors that are not the weights of linear layers: feature planes, tables).
 
 On Linux coremltools converts and saves but cannot run a model (prediction is macOS
 only), so what is checked here is the saved package itself: `package_io` reads the
@@ -167,7 +168,10 @@ def convert(
                 granularity="per_tensor",
                 weight_threshold=COMPRESS_ABOVE,
             )
-            model = cto.palettize_weights(model, cto.OptimizationConfig(global_config=op))
+            # decoder layers stay float16: a 64-entry table per small matrix costs more
+            # quality (several dB on the light slab's 32-wide decoder) than it saves bytes
+            config = cto.OptimizationConfig(global_config=op, op_type_configs={"linear": None})
+            model = cto.palettize_weights(model, config)
         elif quantize != "none":
             raise Snap3dError(f"quantize must be none, int8 or palettize, not {quantize!r}")
     model.short_description = description
