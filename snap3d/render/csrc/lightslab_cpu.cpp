@@ -275,7 +275,11 @@ template <int V>
 SNAP3D_INLINE void first_layer_fixed(const Decoder &dec, const Batch &b, int i, float *row) {
     constexpr int H = 8 * V;
     v8f acc[V];
-    std::memcpy(acc, dec.bias, sizeof acc);
+    // a vector at a time: one copy of the whole array is split in 16-byte moves through the
+    // stack that the 32-byte loads then wait on
+#pragma GCC unroll 8
+    for (int v = 0; v < V; ++v) std::memcpy(&acc[v], dec.bias + 8 * v, sizeof(v8f));
+#pragma GCC unroll 6
     for (int p = 0; p < 6; ++p) {
         const Plane &plane = dec.planes[p];
         const float *t00 = plane.data + b.offset[p][i];
@@ -283,6 +287,7 @@ SNAP3D_INLINE void first_layer_fixed(const Decoder &dec, const Batch &b, int i, 
         const float fy = b.fy[p][i], fx = b.fx[p][i];
         const float w00 = (1 - fy) * (1 - fx), w01 = (1 - fy) * fx, w10 = fy * (1 - fx),
                     w11 = fy * fx;
+#pragma GCC unroll 8
         for (int v = 0; v < V; ++v) {
             v8f a, c, d, e;
             std::memcpy(&a, t00 + 8 * v, sizeof a);
