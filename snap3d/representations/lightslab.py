@@ -82,7 +82,7 @@ class LightSlabConfig:
     """Plane features of a level are concatenated (LightSpeed) or multiplied (K-planes)."""
     hidden_dim: int = 32
     """Width of the decoder's hidden layers. The main cost of rendering: on the bundled
-    forward-facing scene 64 gains about 1.3 dB (no teacher) and renders about 1.8x
+    forward-facing scene 64 gains about 1.3 dB (no teacher) and renders about 2x
     slower; one hidden layer instead of two loses about 1 dB."""
     hidden_layers: int = 2
     decoder: Literal["mlp", "conv"] = "mlp"
