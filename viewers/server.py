@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import ipaddress
 import math
 import threading
 import time
@@ -44,6 +45,14 @@ FAR_DEPTH = 160.0
 MAX_FRUSTUMS = 200
 SPLATS_NODE = "/scene/splats"
 CAMERAS_NODE = "/training_cameras"
+
+
+def _is_wildcard(host: str) -> bool:
+    """Whether ``host`` is an address that means every interface (unspecified)."""
+    try:
+        return ipaddress.ip_address(host).is_unspecified
+    except ValueError:  # a name, such as localhost
+        return False
 
 
 def import_viser():
@@ -110,8 +119,8 @@ class SceneViewer:
 
     @property
     def url(self) -> str:
-        host = "localhost" if self.host in ("0.0.0.0", "::") else self.host
-        return f"http://{host}:{self.port}"
+        # a wildcard bind (asked for with --host) is browsed through this machine's name
+        return f"http://{'localhost' if _is_wildcard(self.host) else self.host}:{self.port}"
 
     def stop(self) -> None:
         self._stopped.set()

@@ -45,6 +45,10 @@ if TYPE_CHECKING:
 # Coordinate pairs of the six feature planes; a plane's rows follow its first coordinate.
 PAIRS = ((0, 1), (0, 2), (0, 3), (1, 2), (1, 3), (2, 3))  # uv us ut vs vt st
 STEPS = {"cpu": 3000, "mps": 5000, "cuda": 20_000}
+#: Rays whose direction makes a cosine below this with the slab normal miss the slab.
+MIN_COS = 1e-3
+#: Widest decoder layer the compiled renderer takes (``kMaxWidth`` in lightslab_cpu.cpp).
+KERNEL_MAX_WIDTH = 256
 
 
 @dataclass
@@ -166,7 +170,7 @@ class LightSlabs:
 
 
 def ray_to_slab(
-    origins: Tensor, directions: Tensor, slab: LightSlabs, min_cos: float = 1e-3
+    origins: Tensor, directions: Tensor, slab: LightSlabs, min_cos: float = MIN_COS
 ) -> tuple[Tensor, Tensor]:
     """Two-plane coordinates of rays.
 
@@ -570,13 +574,15 @@ class LightSlabModel(SceneModel):
     def _kernel(self) -> Any:
         """The compiled light-slab operators when this model can use them now: inference
         (no gradients wanted), on the CPU in float32, with concatenated features (the
-        fold needs the first layer to be linear in them) and layers at most 256 wide.
+        fold needs the first layer to be linear in them) and layers at most
+        ``KERNEL_MAX_WIDTH`` wide.
         None otherwise."""
         if (
             self.config.combine != "concat"
             or self.background.device.type != "cpu"
             or self.background.dtype != torch.float32
-            or max(layer.out_features for layer in self.mlp if isinstance(layer, nn.Linear)) > 256
+            or max(layer.out_features for layer in self.mlp if isinstance(layer, nn.Linear))
+            > KERNEL_MAX_WIDTH
             or (torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters()))
         ):
             return None
@@ -646,7 +652,7 @@ class LightSlabModel(SceneModel):
             self.sector_directions.contiguous(),
             self.scene_centre.contiguous(),
             self.config.sector_by == "direction",
-            1e-3,
+            MIN_COS,
             planes,
             bias,
             [layer.weight.detach().contiguous() for layer in rest],
@@ -656,12 +662,18 @@ class LightSlabModel(SceneModel):
         ]
 
     def _decode_compiled(
-        self, ops: Any, cameras: Cameras, index: int, grid: tuple, pixels: Callable[[], Tensor]
+        self,
+        ops: Any,
+        args: list,
+        cameras: Cameras,
+        index: int,
+        grid: tuple,
+        pixels: Callable[[], Tensor],
     ) -> tuple[Tensor, Tensor]:
         """Raw outputs [M,D] and validity [M] of camera ``index``'s low-resolution grid
-        ``grid = (rows, cols, stride, ox, oy)``, through the compiled kernel; ``pixels()``
-        gives the grid's image points [M,2] (needed only for lens distortion)."""
-        args = self._kernel_args(composite=self.upsampler is None)
+        ``grid = (rows, cols, stride, ox, oy)``, through the compiled kernel (``args``: from
+        ``_kernel_args``); ``pixels()`` gives the grid's image points [M,2] (needed only
+        for lens distortion)."""
         rows, cols, stride, ox, oy = grid
         if cameras.camera_model == "PINHOLE" or not bool(
             cameras.distortion_or_zeros()[index].any()
@@ -729,9 +741,10 @@ class LightSlabModel(SceneModel):
 
         rgbs, alphas = [], []
         ops = self._kernel()
+        args = None if ops is None else self._kernel_args(composite=self.upsampler is None)
         for i in range(len(cameras)):
             if ops is not None:
-                raw, valid = self._decode_compiled(ops, cameras, i, (h, w, f, ox, oy), pixels)
+                raw, valid = self._decode_compiled(ops, args, cameras, i, (h, w, f, ox, oy), pixels)
                 if self.upsampler is None:  # composited by the kernel
                     rgba = raw.view(h, w, 4)
                     rgbs.append(rgba[..., :3])
