@@ -98,6 +98,41 @@ def test_hexplane_starts_time_independent_and_regularisers_vanish_where_they_sho
     assert float(field.time_smoothness()) < 1e-12 and float(field.time_l1()) > 0
 
 
+def test_hold_after_continues_the_field_from_the_last_trained_time():
+    field = HexPlane(torch.tensor([[0.0] * 3, [1.0] * 3]), (0.0, 1.0), feature_dim=2,
+                     resolution=4, time_resolution=5, generator=torch.Generator().manual_seed(1))  # fmt: skip
+    field.requires_grad_(False)
+    for grid in field.planes((3, 4, 5)):  # a time-dependent field: cell k holds 1 + k
+        grid.data = 1 + torch.arange(5.0)[None, None, :, None].expand_as(grid).clone()
+    p = torch.rand(20, 3)
+    before = {t: field(p, torch.full((20,), t)) for t in (0.1, 0.3, 0.6)}
+    field.hold_after(0.3)  # u = 1.2: frames at 0.3 read cells 1 and 2; cells 3, 4 copy 2
+    for grid in field.planes((3, 4, 5)):
+        torch.testing.assert_close(grid[0, 0, :, 0], torch.tensor([1.0, 2, 3, 3, 3]))
+    for t in (0.1, 0.3):  # times up to the held one keep their features
+        torch.testing.assert_close(field(p, torch.full((20,), t)), before[t])
+    for t in (0.6, 0.8, 1.0):  # later times read the last cell's values (t = 0.5: cell 2)
+        torch.testing.assert_close(field(p, torch.full((20,), t)), field(p, torch.full((20,), 0.5)))
+    assert not torch.allclose(field(p, torch.full((20,), 0.6)), before[0.6])
+    field.hold_after(1.0)  # the whole range: nothing left to hold
+    for grid in field.planes((3, 4, 5)):
+        torch.testing.assert_close(grid[0, 0, :, 0], torch.tensor([1.0, 2, 3, 3, 3]))
+
+
+def test_fit_bounds_spans_the_points_with_a_margin():
+    field = HexPlane(torch.tensor([[-5.0] * 3, [5.0] * 3]), (0.0, 1.0), feature_dim=2,
+                     resolution=4, time_resolution=3)  # fmt: skip
+    g = torch.Generator().manual_seed(0)
+    points = torch.rand(1001, 3, generator=g) * torch.tensor([2.0, 1.0, 0.5])
+    points[0] = torch.tensor([100.0, -100.0, 50.0])  # one outlier: ignored by the quantiles
+    field.fit_bounds(points, margin=0.1, quantile=0.005)
+    lo, hi = torch.quantile(points, torch.tensor([0.005, 0.995]), dim=0)
+    torch.testing.assert_close(
+        field.bounds, torch.stack([lo - 0.1 * (hi - lo), hi + 0.1 * (hi - lo)])
+    )
+    assert (field.bounds[1] - field.bounds[0] < torch.tensor([2.5, 1.3, 0.7])).all()
+
+
 def random_splats(n: int, seed: int = 0, sh_degree: int = 1) -> SplatData:
     g = torch.Generator().manual_seed(seed)
     k = (sh_degree + 1) ** 2 - 1
@@ -208,12 +243,20 @@ def test_trains_on_the_bundled_dynamic_scene_with_densification(tmp_path):
     model = trainer.model
     assert len(model.deformation.frame_times) == 60 and len(model.export_camtoworlds) == 20
     before = model.num_gaussians
+    box = model.deformation.grid.bounds.clone()
     names = []
-    for _ in range(8):
+    for step in range(8):
         losses = trainer.train_step()
         assert all(np.isfinite(v) for v in losses.values())
         names.append(set(losses))
-    assert "rigidity" not in names[3] and {"rigidity", "plane_tv", "time_l1"} <= names[4]
+        if step == 3:  # the warm-up ended: the planes now span the canonical splats
+            means = model.splats["means"].detach()
+            solid = torch.sigmoid(model.splats["opacities"].detach()) > 0.1
+            expected = HexPlane(box, (0.0, 1.0), feature_dim=1, resolution=2, time_resolution=2)
+            expected.fit_bounds(means[solid] if int(solid.sum()) >= 100 else means)
+            torch.testing.assert_close(model.deformation.grid.bounds, expected.bounds)
+            assert not torch.equal(expected.bounds, box)
+    assert "rigidity" not in names[3] and {"rigidity", "plane_tv", "time_l1", "offset"} <= names[4]
     assert model.num_gaussians != before  # the strategy densified/pruned canonical splats
     assert any(p.detach().abs().max() > 0 for p in model.deformation.heads.parameters())
     trainer.save()

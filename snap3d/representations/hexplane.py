@@ -9,6 +9,7 @@ time; ``time_l1`` measures how far they have moved away from that.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -106,6 +107,36 @@ class HexPlane(nn.Module):
     def planes(self, which: Sequence[int]) -> list[Tensor]:
         """The [1,C,H,W] grids of plane indices ``which`` (into PLANES) at every resolution."""
         return [g for i, g in enumerate(self.grids) if i % len(PLANES) in which]
+
+    @torch.no_grad()
+    def fit_bounds(self, points: Tensor, margin: float = 0.1, quantile: float = 0.005) -> None:
+        """Span the planes over ``points`` [N,3] (world): per axis their ``quantile`` and
+        ``1 - quantile`` quantiles, widened by ``margin`` of the extent on each side.
+        Only meaningful before the planes are trained (4DGaussians fits its planes to the
+        points after the static stage)."""
+        if len(points) < 2:
+            return
+        points = points.detach().float()
+        if len(points) > 100_000:
+            points = points[torch.randperm(len(points), device=points.device)[:100_000]]
+        q = torch.tensor([quantile, 1 - quantile], device=points.device)
+        lo, hi = torch.quantile(points, q, dim=0)
+        pad = margin * (hi - lo).clamp_min(1e-3)
+        self.bounds = torch.stack([lo - pad, hi + pad]).to(self.bounds)
+
+    @torch.no_grad()
+    def hold_after(self, t: float) -> None:
+        """Continue the field past time ``t``: every time-plane cell later than the one
+        that frames at ``t`` read last takes that cell's values, so that later times start
+        from the deformation at ``t`` (a time curriculum's new frames begin where the
+        trained ones end, not at the initial, time-independent field)."""
+        t0, t1 = float(self.time_range[0]), float(self.time_range[1])
+        for grid in self.planes(TIME_PLANES):
+            cells = grid.shape[2]
+            u = 0.0 if t1 <= t0 else (t - t0) / (t1 - t0) * (cells - 1)
+            last = min(max(int(math.ceil(u - 1e-6)), 0), cells - 1)
+            if last + 1 < cells:
+                grid[:, :, last + 1 :, :] = grid[:, :, last : last + 1, :]
 
     def total_variation(self) -> Tensor:
         """Mean squared difference of neighbouring cells of the spatial planes."""

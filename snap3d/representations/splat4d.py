@@ -18,11 +18,11 @@ time), and the window of frames then widens to the whole video while the field l
 carry the splats along. ``render(cameras)`` renders each camera at ``cameras.times``.
 
 ``export("trajectory-video", ...)`` writes a ``PointTrajectoryVideo``: the surface point
-a pixel sees at the first time is the alpha-blend of the Gaussians it sees then, so its
-position at any time t is the same alpha-blend (weights from the geometry at the first
-time) of the Gaussians' means at t. The rasterizer composites arbitrary channels, so one
-pass with the first time's geometry and the means at all T times as 3T "colours" gives
-every trajectory at once.
+a pixel sees at the first time lies on its ray at the expected depth, and it moves as
+the Gaussians it sees then move: its displacement to any time t is the alpha-blend
+(weights from the geometry at the first time) of the Gaussians' displacements. The
+rasterizer composites arbitrary channels, so one pass with the first time's geometry and
+the displacements to all T times as 3T "colours" gives every trajectory at once.
 """
 
 from __future__ import annotations
@@ -61,7 +61,14 @@ class Splat4DConfig(SplatConfig):
     """Time curriculum: the warm-up trains on the frames in the first ``time_window`` of
     the time range, and the window then widens linearly to all frames over
     ``window_fraction`` of the steps. 1 trains on every frame throughout."""
-    window_fraction: float = 0.4
+    window_fraction: float = 0.7
+    """(0.4 trained the late frames too little once new frames continue the motion.)"""
+    fit_field_bounds: bool = True
+    """At the end of the warm-up, span the HexPlane over the canonical splats (robust
+    bounding box plus a margin) rather than the scene box."""
+    hold_time: bool = True
+    """While the window widens, later time cells of the HexPlane copy the window's last
+    one (``HexPlane.hold_after``): new frames start from the latest learned motion."""
     plane_features: int = 16
     """Channels of every HexPlane plane."""
     plane_resolution: int = 32
@@ -73,14 +80,18 @@ class Splat4DConfig(SplatConfig):
     """Spatial resolution multipliers: one set of six planes each."""
     deform_width: int = 64
     """Width of the two-layer trunk shared by the (linear) heads."""
-    deform_scales: bool = True
-    """Deform scales (4DGaussians does; rigid motion needs only positions and rotations)."""
+    deform_scales: bool = False
+    """Deform scales (4DGaussians does; rigid motion needs only positions and rotations).
+    Off by default: on monocular video the scale offsets grew without bound (log-scale
+    offsets of +3 on average while the canonical scales shrank), and the densification
+    reads the canonical scales."""
     deform_opacity: bool = False
     """Also deform opacities (4DGaussians leaves them fixed)."""
     frame_code_dim: int = 0
     """Per-frame deformation code size (4Real); 0 turns the codes off."""
-    grid_lr: float = 1e-2
-    """HexPlane learning rate, decayed 10x over the run (as 4DGaussians)."""
+    grid_lr: float = 3e-2
+    """HexPlane learning rate, decayed 10x over the run. 4DGaussians uses 1.6e-3 over
+    20k GPU steps; at that rate the field hardly moved in a 1000-step CPU run."""
     deform_lr: float = 1e-3
     """Learning rate of the trunk and the position head (times the camera extent: they
     move things in world units) and of the other heads (as is), decayed 10x."""
@@ -92,6 +103,10 @@ class Splat4DConfig(SplatConfig):
     """Local rigidity of neighbouring Gaussians' trajectories (0 to turn off)."""
     motion_smoothness_weight: float = 1.0
     """Second difference of Gaussians' trajectories over neighbouring frames (0: off)."""
+    offset_weight: float = 0.1
+    """L1 on the position offsets (over the camera extent): motion only where needed.
+    Without it the field learned large offsets that barely depend on time (a second,
+    faster-learning copy of the canonical positions) and warped static regions."""
     motion_samples: int = 256
     """Gaussians drawn per step for the motion regularisers."""
     rigidity_neighbors: int = 8
@@ -205,6 +220,8 @@ class Splat4DModel(SplatModel):
         super().initialize(dataset)
         times = dataset.times if dataset.times is not None else torch.zeros(1)
         self.deformation.set_frames(torch.unique(times.float()))
+        if self.config.fit_field_bounds and self._deform_start() == 0:
+            self._fit_field_bounds()  # no warm-up: the initial splats are all there is
         from snap3d.data import load
 
         try:
@@ -226,9 +243,12 @@ class Splat4DModel(SplatModel):
 
     # -- rendering --------------------------------------------------------------------
 
+    def _deform_start(self) -> int:
+        return int(self.config.static_fraction * self.max_steps)
+
     def deforms_at(self, step: int | None) -> bool:
         """Whether the field is on: after the static warm-up, and always outside training."""
-        return step is None or step >= int(self.config.static_fraction * self.max_steps)
+        return step is None or step >= self._deform_start()
 
     def time_limit(self, step: int) -> float:
         """The latest time the training frames of ``step`` may have (time curriculum)."""
@@ -402,6 +422,8 @@ class Splat4DModel(SplatModel):
         )
         if trajectories is not None:
             meta["trajectories"] = trajectories
+        if self.deforms_at(step) and self.training:
+            meta["position_offsets"] = gaussians["means"] - self.splats["means"]
         depth = colors[..., 3:4] if colors.shape[-1] == 4 else None
         return RenderOutput(rgb=colors[..., :3], alpha=alphas, depth=depth, extras=meta)
 
@@ -420,6 +442,9 @@ class Splat4DModel(SplatModel):
         for name, value in self.deformation.regularisers().items():
             if weights[name] > 0:
                 losses[name] = weights[name] * value
+        offsets = output.extras.get("position_offsets")
+        if cfg.offset_weight > 0 and offsets is not None:
+            losses["offset"] = cfg.offset_weight * offsets.abs().mean() / self.scene.camera_extent
         if "trajectories" in output.extras:
             xyz, neighbors = output.extras["trajectories"]
             if cfg.rigidity_weight > 0:
@@ -427,6 +452,22 @@ class Splat4DModel(SplatModel):
             if cfg.motion_smoothness_weight > 0:
                 losses["motion_smoothness"] = cfg.motion_smoothness_weight * smoothness_loss(xyz)
         return losses
+
+    def after_step(self, step: int, output: RenderOutput, optimizers: dict) -> None:
+        super().after_step(step, output, optimizers)
+        cfg = self.config
+        if cfg.fit_field_bounds and step + 1 == self._deform_start():
+            # the planes span the canonical splats the warm-up made, not a generic box
+            self._fit_field_bounds()
+        growing = step + 1 <= (cfg.static_fraction + cfg.window_fraction) * self.max_steps
+        if cfg.hold_time and cfg.time_window < 1 and growing:
+            self.deformation.grid.hold_after(self.time_limit(step + 1))
+
+    def _fit_field_bounds(self) -> None:
+        """Span the HexPlane over the canonical splats that are not (nearly) transparent."""
+        means = self.splats["means"].detach()
+        solid = torch.sigmoid(self.splats["opacities"].detach()) > 0.1
+        self.deformation.grid.fit_bounds(means[solid] if int(solid.sum()) >= 100 else means)
 
     def param_groups(self) -> dict[str, ParamGroup]:
         cfg = self.config
@@ -486,14 +527,24 @@ class Splat4DModel(SplatModel):
         cameras = cameras.to(device)
         times = times.float().to(device)
         frames = [self.gaussians_at(t) for t in times]
-        # [N, 3T]: every Gaussian's mean at every time, composited with the first frame's
-        # geometry, is every pixel's trajectory.
-        means = torch.cat([g["means"] for g in frames], dim=-1)
-        carried, alpha0, _ = self.rasterize(frames[0], cameras[0], colors=means, render_mode="RGB")
+        # [N, 3T]: every Gaussian's displacement from the first time to each time; one
+        # pass with the first time's geometry composites them (and the expected depth).
+        moves = torch.cat([g["means"] - frames[0]["means"] for g in frames], dim=-1)
+        carried, alpha0, _ = self.rasterize(
+            frames[0], cameras[0], colors=moves, render_mode="RGB+ED"
+        )
         H, W = cameras.height, cameras.width
         tracked = alpha0[0, ..., 0] > 0.5
-        xyz = carried[0] / alpha0[0].clamp_min(1e-10)
-        xyz = xyz.reshape(H, W, T, 3).permute(2, 0, 1, 3) * tracked[None, :, :, None]
+        # the surface point of each pixel at the first time: on the pixel's ray at the
+        # expected depth (blending the Gaussians' centres instead would pull it sideways
+        # towards the centres of the Gaussians around the ray).
+        origins, dirs = cameras[0].rays(0)
+        forward = cameras.camtoworlds[0, :3, 2]
+        depth0 = carried[0, ..., -1:]
+        start = origins + dirs * depth0 / (dirs @ forward)[..., None].clamp_min(1e-8)
+        moved = carried[0, ..., :-1] / alpha0[0].clamp_min(1e-10)
+        xyz = start[:, :, None, :] + moved.reshape(H, W, T, 3)
+        xyz = xyz.permute(2, 0, 1, 3) * tracked[None, :, :, None]
         rgbs, depths, alphas = [], [], []
         for k, g in enumerate(frames):
             out, alpha, _ = self.rasterize(g, cameras[k], sh_degree=self.config.sh_degree)
