@@ -55,14 +55,19 @@ from snap3d.train.registry import register_method
 class Splat4DConfig(SplatConfig):
     """4D Gaussian splatting: canonical splats + a HexPlane deformation field."""
 
+    sh_degree: int = 0
+    """View-dependent colour off by default: in monocular video (one view per time) the
+    view direction changes with time, and higher degrees let colours fake the motion
+    (degree 0 against 3, 2000 steps on the dynamic scene: +0.6 and +1.1 dB, lower
+    trajectory error in both pairs). Raise it for multi-view video of shiny scenes."""
     static_fraction: float = 0.15
     """Fraction of the steps spent on the static warm-up (canonical splats only)."""
     time_window: float = 0.1
     """Time curriculum: the warm-up trains on the frames in the first ``time_window`` of
     the time range, and the window then widens linearly to all frames over
     ``window_fraction`` of the steps. 1 trains on every frame throughout."""
-    window_fraction: float = 0.7
-    """(0.4 trained the late frames too little once new frames continue the motion.)"""
+    window_fraction: float = 0.5
+    """(0.4, 0.5, 0.7 at 2000 steps on the dynamic scene: 21.5, 22.1, 21.8 dB.)"""
     fit_field_bounds: bool = True
     """At the end of the warm-up, span the HexPlane over the canonical splats (robust
     bounding box plus a margin) rather than the scene box."""
@@ -245,6 +250,10 @@ class Splat4DModel(SplatModel):
 
     def _deform_start(self) -> int:
         return int(self.config.static_fraction * self.max_steps)
+
+    def _window_end(self) -> int:
+        """The step from which the time curriculum's window holds every frame."""
+        return int((self.config.static_fraction + self.config.window_fraction) * self.max_steps)
 
     def deforms_at(self, step: int | None) -> bool:
         """Whether the field is on: after the static warm-up, and always outside training."""
@@ -459,7 +468,7 @@ class Splat4DModel(SplatModel):
         if cfg.fit_field_bounds and step + 1 == self._deform_start():
             # the planes span the canonical splats the warm-up made, not a generic box
             self._fit_field_bounds()
-        growing = step + 1 <= (cfg.static_fraction + cfg.window_fraction) * self.max_steps
+        growing = step + 1 <= self._window_end()
         if cfg.hold_time and cfg.time_window < 1 and growing:
             self.deformation.grid.hold_after(self.time_limit(step + 1))
 
