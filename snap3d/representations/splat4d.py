@@ -412,13 +412,18 @@ class Splat4DModel(SplatModel):
                 depth=None if depths[0] is None else torch.cat(depths),
             )
         cfg = self.config
+        extras: dict[str, Any] = {}
         if self.deforms_at(step):
             # training renders carry the samples the motion regularisers need.
             sample = self.training and step is not None
             sample &= cfg.rigidity_weight > 0 or cfg.motion_smoothness_weight > 0
             gaussians, trajectories = self.deform(times[0], motion_samples=sample)
+            if self.training:  # the offset penalty's input
+                extras["position_offsets"] = gaussians["means"] - self.splats["means"]
+            if trajectories is not None:
+                extras["trajectories"] = trajectories
         else:
-            gaussians, trajectories = dict(self.splats.items()), None  # static warm-up
+            gaussians = dict(self.splats.items())  # static warm-up
         colors, alphas, meta = self.rasterize(
             gaussians,
             cameras,
@@ -426,10 +431,7 @@ class Splat4DModel(SplatModel):
             background=background,
             render_mode=render_mode,
         )
-        if trajectories is not None:
-            meta["trajectories"] = trajectories
-        if self.deforms_at(step) and self.training:
-            meta["position_offsets"] = gaussians["means"] - self.splats["means"]
+        meta.update(extras)
         depth = colors[..., 3:4] if colors.shape[-1] == 4 else None
         return RenderOutput(rgb=colors[..., :3], alpha=alphas, depth=depth, extras=meta)
 
