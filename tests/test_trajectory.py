@@ -4,6 +4,7 @@ through a known deformation."""
 from __future__ import annotations
 
 import math
+import sys
 
 import numpy as np
 import pytest
@@ -91,6 +92,15 @@ def test_preview_codes_position_and_dims_hidden_points(tmp_path):
     assert (frames[0][3, 7] == 0).all()
     out = video.write_preview(tmp_path / "clip.mp4")
     assert out.is_file() and out.stat().st_size > 0
+
+
+def test_preview_without_ffmpeg_names_the_file_and_the_package(tmp_path, monkeypatch):
+    # Without imageio-ffmpeg, imageio would hand the .mp4 to another plugin and fail deep
+    # inside it (seen: TiffWriter.write() got an unexpected keyword argument 'fps').
+    monkeypatch.setitem(sys.modules, "imageio_ffmpeg", None)
+    with pytest.raises(Snap3dError, match=r"clip\.mp4: .*imageio-ffmpeg"):
+        random_video(T=2, H=4, W=4).write_preview(tmp_path / "clip.mp4")
+    assert list(tmp_path.iterdir()) == []
 
 
 # -- regularisers ------------------------------------------------------------------------

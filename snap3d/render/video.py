@@ -55,12 +55,22 @@ def write_frames(frames: list[np.ndarray], output: Path, fps: int = 24) -> Path:
             for i, frame in enumerate(frames):
                 imageio.imwrite(tmp / f"{i:05d}.png", frame)
         return output
+    try:
+        import imageio_ffmpeg  # noqa: F401  (imageio's mp4 writer; else it picks another plugin)
+    except ImportError:
+        raise Snap3dError(
+            "writing an .mp4 needs the imageio-ffmpeg package (pip install imageio-ffmpeg); "
+            "or give a path without .mp4 to write PNG frames",
+            output,
+        ) from None
     fd, tmp_name = tempfile.mkstemp(prefix=f".{output.stem}.", suffix=".mp4", dir=output.parent)
     os.close(fd)
     try:
         # H.264 in yuv420p needs even sizes: crop the last row/column when odd.
         h, w = frames[0].shape[:2]
-        with imageio.get_writer(tmp_name, fps=fps, codec="libx264", macro_block_size=1) as writer:
+        with imageio.get_writer(
+            tmp_name, format="FFMPEG", fps=fps, codec="libx264", macro_block_size=1
+        ) as writer:
             for frame in frames:
                 writer.append_data(frame[: h - h % 2, : w - w % 2])
         os.replace(tmp_name, output)
