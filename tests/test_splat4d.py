@@ -195,6 +195,20 @@ def test_the_field_learns_a_linear_motion():
             assert float(error.norm(dim=-1).mean()) < 0.05 * float(velocity.norm()), t
 
 
+def test_the_field_recovers_when_every_trunk_unit_is_off():
+    """A trunk whose last layer is off for every input still passes gradient to the
+    planes (with plain ReLUs it did not, and training runs died into a static scene)."""
+    field = DeformationField(Splat4DConfig(**TINY), torch.tensor([[-1.0] * 3, [1.0] * 3]), (0, 1))
+    with torch.no_grad():
+        field.trunk[-2].bias.fill_(-100.0)  # every pre-activation of the last layer < 0
+        for head in field.heads.values():
+            head.weight.normal_()
+    points = torch.rand(64, 3, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    field(points, torch.rand(64))["means"].square().sum().backward()
+    grads = [p.grad for p in field.grid.parameters()] + [field.trunk[0].weight.grad]
+    assert all(g is not None and float(g.abs().max()) > 0 for g in grads)
+
+
 def test_frame_codes_interpolate_between_frames():
     config = Splat4DConfig(**TINY | {"frame_code_dim": 2})
     field = DeformationField(config, torch.tensor([[-1.0] * 3, [1.0] * 3]), (0.0, 1.0))
