@@ -236,6 +236,34 @@ def test_render_uses_each_cameras_time():
     assert "radii" in model.render(cams[[0, 2]]).extras and "radii" not in together.extras
 
 
+def test_motion_samples_follow_the_field_at_every_sampled_time():
+    model = Splat4DModel(Splat4DConfig(**TINY), SCENE)
+    model.set_splats(random_splats(200))
+    model.deformation.set_frames(torch.linspace(0, 1, 5))  # frame spacing 0.25
+    with torch.no_grad():  # a field that moves things differently at each time
+        model.deformation.grid.planes((3, 4, 5))[0].data.uniform_(0, 2)
+        model.deformation.heads["means"].weight.normal_(0, 0.5)
+    for span, times in ((None, (0.25, 0.5, 0.75)), (0.1, (0.25, 0.5, 0.75, 0.1))):
+        torch.manual_seed(0)
+        gaussians, (xyz, neighbors) = model.deform(0.5, motion_samples=True, span_time=span)
+        assert xyz.shape == (len(times), 32 * 9, 3) and neighbors.shape == (32, 8)
+        # every sampled point is where the field puts some Gaussian at that time
+        for k, t in enumerate(times):
+            at_t = model.gaussians_at(t)["means"].detach()
+            d = torch.cdist(xyz[k].detach(), at_t, compute_mode="donot_use_mm_for_euclid_dist")
+            assert float(d.min(1).values.max()) < 1e-5, (span, t)
+        torch.testing.assert_close(gaussians["means"], model.gaussians_at(0.5)["means"])
+        assert not torch.allclose(xyz[0], xyz[-1], atol=1e-3)
+
+
+def test_densification_stops_at_its_fraction_of_the_steps():
+    for fraction, steps in ((0.3, 5000), (0.5, 1000)):
+        model = Splat4DModel(Splat4DConfig(**TINY | {"refine_stop_fraction": fraction}), SCENE)
+        model.set_splats(random_splats(50))
+        model.max_steps = steps
+        assert model.strategy().refine_stop_iter == int(fraction * steps)
+
+
 def test_config_fields_do_not_clash_with_the_trainer():
     ours = {f.name for f in dataclasses.fields(Splat4DConfig)}
     assert not ours & {f.name for f in dataclasses.fields(TrainConfig)}
@@ -246,7 +274,9 @@ def test_config_fields_do_not_clash_with_the_trainer():
 
 
 def test_trains_on_the_bundled_dynamic_scene_with_densification(tmp_path):
-    config = Splat4DConfig(**TINY | {"static_fraction": 0.5, "refine_every": 2})
+    config = Splat4DConfig(
+        **TINY | {"static_fraction": 0.5, "refine_every": 2, "refine_stop_fraction": 1.0}
+    )
     trainer = Trainer(
         "splat4d",
         config,
