@@ -332,7 +332,9 @@ class Splat4DModel(SplatModel):
             frames = max(len(self.deformation.frame_times), 2)
             dt = (self.time_range[1] - self.time_range[0]) / (frames - 1)
             m = len(index)
-            extra = [time - dt, time + dt] + ([] if span_time is None else [time * 0 + span_time])
+            extra = [time - dt, time + dt]
+            if span_time is not None:
+                extra.append(torch.full_like(time, span_time))
             points = torch.cat([means, means[index].repeat(len(extra), 1)])
             times = torch.cat([times, *(t.expand(m) for t in extra)])
         offsets = self.deformation(points, times)
