@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from torch import Tensor
 
 from snap3d.cameras import Cameras, look_at
 from snap3d.io import SplatData
@@ -262,6 +263,37 @@ def test_densification_stops_at_its_fraction_of_the_steps():
         model.set_splats(random_splats(50))
         model.max_steps = steps
         assert model.strategy().refine_stop_iter == int(fraction * steps)
+
+
+def test_window_focus_trains_on_the_newest_frames_while_the_window_widens():
+    from snap3d.data import load
+
+    data = load(ASSETS / "dynamic", "train", 8)
+    times = data.times
+
+    def drawn(focus: float, step: int) -> tuple[Tensor, float]:
+        config = Splat4DConfig(**TINY | {"window_focus": focus, "static_fraction": 0.1,
+                                         "time_window": 0.1, "window_fraction": 0.5})  # fmt: skip
+        model = Splat4DModel(config, SCENE)
+        model.max_steps = 1000
+        generator = torch.Generator().manual_seed(0)
+        picks = [model.train_batch(data, step, generator)["indices"][0] for _ in range(200)]
+        return times[torch.stack(picks)], model.time_limit(step)
+
+    # half-way through the widening the window holds the frames up to t = 0.55
+    newest, limit = drawn(1.0, 350)
+    assert limit == pytest.approx(0.55)
+    assert newest.max() <= limit + 1e-6 and newest.min() >= limit - 0.1 - 1e-6
+    uniform, _ = drawn(0.0, 350)
+    assert uniform.max() <= limit + 1e-6 and uniform.min() < 0.2  # any frame of the window
+    half, _ = drawn(0.5, 350)
+    share = float((half >= limit - 0.1 - 1e-6).float().mean())
+    assert 0.45 < share < 0.75  # half focused, plus the uniform draws that land there
+    # after the widening (and during the warm-up) every allowed frame is drawn alike
+    late, _ = drawn(1.0, 800)
+    assert late.min() < 0.2 and late.max() > 0.9
+    warm, warm_limit = drawn(1.0, 50)
+    assert warm_limit == pytest.approx(0.1) and warm.max() <= 0.1 + 1e-6
 
 
 def test_config_fields_do_not_clash_with_the_trainer():
