@@ -244,15 +244,20 @@ def test_motion_samples_follow_the_field_at_every_sampled_time():
     with torch.no_grad():  # a field that moves things differently at each time
         model.deformation.grid.planes((3, 4, 5))[0].data.uniform_(0, 2)
         model.deformation.heads["means"].weight.normal_(0, 0.5)
+        model.deformation.heads["quats"].weight.normal_(0, 0.5)
     for span, times in ((None, (0.25, 0.5, 0.75)), (0.1, (0.25, 0.5, 0.75, 0.1))):
         torch.manual_seed(0)
-        gaussians, (xyz, neighbors) = model.deform(0.5, motion_samples=True, span_time=span)
+        gaussians, (xyz, neighbors, quats) = model.deform(0.5, motion_samples=True, span_time=span)
         assert xyz.shape == (len(times), 32 * 9, 3) and neighbors.shape == (32, 8)
         # every sampled point is where the field puts some Gaussian at that time
         for k, t in enumerate(times):
             at_t = model.gaussians_at(t)["means"].detach()
             d = torch.cdist(xyz[k].detach(), at_t, compute_mode="donot_use_mm_for_euclid_dist")
             assert float(d.min(1).values.max()) < 1e-5, (span, t)
+            # the anchors' rotations at that time are those of the same Gaussians
+            which = d[: len(neighbors)].argmin(1)
+            turned = model.gaussians_at(t)["quats"].detach()[which]
+            torch.testing.assert_close(quats[k].detach(), turned)
         torch.testing.assert_close(gaussians["means"], model.gaussians_at(0.5)["means"])
         assert not torch.allclose(xyz[0], xyz[-1], atol=1e-3)
 

@@ -21,6 +21,7 @@ from snap3d.representations.trajectory import (
     PointTrajectoryVideo,
     nearest_neighbors,
     rigidity_loss,
+    rotation_rigidity_loss,
     smoothness_loss,
 )
 
@@ -136,6 +137,29 @@ def test_rigidity_is_zero_for_rigid_motion_and_positive_otherwise():
     far = torch.tensor([[31, 32]]).expand(5, 2)  # points 0..4 linked to moved ones
     assert float(rigidity_loss(wobble, nearest_neighbors(points[:30], 3))) < 1e-10
     assert float(rigidity_loss(wobble, far)) > 1e-3
+
+
+def test_rotation_rigidity_asks_the_rotations_to_follow_the_motion():
+    points = torch.randn(40, 3, generator=torch.Generator().manual_seed(5))
+    neighbors = nearest_neighbors(points, 6)
+    angles = (0.0, 0.4, 1.1)
+    turns = torch.stack([rotation_z(a) for a in angles])
+    rigid = torch.stack([points @ r.T + 0.3 * k for k, r in enumerate(turns)])
+    # every anchor starts in its own frame and turns with the body: zero
+    swap = torch.tensor([[0.0, 0.0, 1.0], [1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])  # z -> x
+    own = torch.stack([swap @ rotation_z(0.1 * k) @ swap.T for k in range(40)])
+    rotations = turns[:, None] @ own
+    assert float(rotation_rigidity_loss(rigid, rotations, neighbors)) < 1e-10
+    # rotations that stay put: each offset o is expected unturned, |R o - o|^2 =
+    # 2 (1 - cos a) |o_xy|^2 for a turn by a about z
+    still = torch.eye(3).expand(3, 40, 3, 3)
+    o = points[neighbors] - points[:, None]
+    xy = o[..., :2].square().sum(-1)
+    expected = sum(2 * (1 - math.cos(a)) * xy.mean() for a in angles[1:]) / 2
+    torch.testing.assert_close(rotation_rigidity_loss(rigid, still, neighbors), expected)
+    # a stretch keeps no offset, whatever the rotations
+    stretched = torch.stack([points * (1 + 0.2 * k) for k in range(3)])
+    assert float(rotation_rigidity_loss(stretched, still, neighbors)) > 1e-3
 
 
 def test_rigidity_gradient_is_finite_for_coincident_points():

@@ -216,6 +216,26 @@ def rigidity_loss(xyz: Tensor, neighbors: Tensor) -> Tensor:
     return (dist[1:] - dist[:1]).square().mean()
 
 
+def rotation_rigidity_loss(xyz: Tensor, rotations: Tensor, neighbors: Tensor) -> Tensor:
+    """As-rigid-as-possible in the anchors' frames: the offset from an anchor to each
+    neighbour turns with the anchor's rotation (Dynamic 3D Gaussians' rigidity).
+
+    Args:
+        xyz: [T,P,3] positions of P points at T times; the first time is the reference.
+        rotations: [T,A,3,3] rotations (world from local) of the first A points.
+        neighbors: [A,K] indices into P of the neighbours of the first A points.
+
+    Returns:
+        scalar: mean over later times, anchors and neighbours of the squared norm of
+        (x_j(t) - x_i(t)) - R_i(t) R_i(t_0)^T (x_j(t_0) - x_i(t_0)), squared world units;
+        zero for rigid motion with rotations that follow it, whatever the distances.
+    """
+    offsets = xyz[:, neighbors, :] - xyz[:, : neighbors.shape[0], None, :]  # [T,A,K,3]
+    turn = rotations[1:] @ rotations[:1].transpose(-1, -2)  # [T-1,A,3,3]
+    expected = torch.einsum("taij,akj->taki", turn, offsets[0])
+    return (offsets[1:] - expected).square().sum(-1).mean()
+
+
 def smoothness_loss(xyz: Tensor) -> Tensor:
     """Temporal smoothness: mean squared norm of the second difference over (uniform) time
     steps.
