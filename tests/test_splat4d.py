@@ -299,6 +299,16 @@ def test_window_focus_trains_on_the_newest_frames_while_the_window_widens():
     assert late.min() < 0.2 and late.max() > 0.9
     warm, warm_limit = drawn(1.0, 50)
     assert warm_limit == pytest.approx(0.1) and warm.max() <= 0.1 + 1e-6
+    # frames sparser than the focus: the latest frame of the window
+    model = Splat4DModel(Splat4DConfig(**TINY | {"window_focus": 1.0}), SCENE)
+    model.max_steps = 1000
+    sparse = data.times.clone()
+    data.times[:] = torch.where(sparse < 0.5, 0.0, 1.0)  # two frame times, 0 and 1
+    try:
+        picks = {int(model.train_batch(data, 400, torch.Generator())["indices"][0])}
+    finally:
+        data.times[:] = sparse
+    assert model.time_limit(400) < 1 and picks <= set(torch.nonzero(sparse < 0.5)[:, 0].tolist())
 
 
 def test_config_fields_do_not_clash_with_the_trainer():

@@ -324,8 +324,10 @@ class Splat4DModel(SplatModel):
         if cfg.window_focus > 0 and self._deform_start() <= step < self._window_end():
             if float(torch.rand((), generator=generator)) < cfg.window_focus:
                 t0, t1 = self.time_range
-                newest = dataset.times[allowed] >= limit - cfg.time_window * (t1 - t0) - 1e-6
-                allowed = allowed[newest]
+                times = dataset.times[allowed]
+                # at least the latest frame, when frames are sparser than time_window
+                start = min(limit - cfg.time_window * (t1 - t0), float(times.max()))
+                allowed = allowed[times >= start - 1e-6]
         i = int(allowed[torch.randint(len(allowed), (1,), generator=generator)])
         return image_batch(dataset, [i])
 
