@@ -378,9 +378,12 @@ class Splat4DModel(SplatModel):
             return p, None
         moved = (points[n:] + offsets["means"][n:]).reshape(-1, m, 3)
         xyz = torch.stack([moved[0], p["means"][index], *moved[1:]])
-        a = neighbors.shape[0]  # the anchors' rotations at the same times
-        turned = (self.splats["quats"][index] + offsets["quats"][n:].reshape(-1, m, 4))[:, :a]
-        quats = torch.stack([turned[0], p["quats"][index[:a]], *turned[1:]])
+        anchors = index[: neighbors.shape[0]]  # their rotations at the same times
+        turned = (
+            self.splats["quats"][anchors]
+            + offsets["quats"][n:].reshape(-1, m, 4)[:, : len(anchors)]
+        )
+        quats = torch.stack([turned[0], p["quats"][anchors], *turned[1:]])
         return p, (xyz, neighbors, quats)
 
     def _sample_neighborhoods(self) -> tuple[Tensor, Tensor]:
