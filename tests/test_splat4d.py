@@ -1,13 +1,10 @@
 """splat4d: HexPlane sampling against hand computations, the identity at initialisation,
-learning a motion, per-frame codes, rendering at times, training end to end, and the
-rigid motion bases (quaternion algebra, rigid motion of points against hand computations,
-the pinned first frame, extrapolation, k-means, recovering a rotation by gradient)."""
+learning a motion, per-frame codes, rendering at times, and training end to end."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import math
 from pathlib import Path
 
 import numpy as np
@@ -16,17 +13,11 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from snap3d.cameras import Cameras, look_at, quat_to_rotmat
+from snap3d.cameras import Cameras, look_at
 from snap3d.io import SplatData
 from snap3d.io.export import export_run
 from snap3d.representations.base import SceneMeta
 from snap3d.representations.hexplane import PLANES, HexPlane
-from snap3d.representations.motion_bases import (
-    MotionBases,
-    interpolate_frames,
-    kmeans,
-    quat_multiply,
-)
 from snap3d.representations.splat import SplatConfig, SplatModel
 from snap3d.representations.splat4d import DeformationField, Splat4DConfig, Splat4DModel
 from snap3d.representations.trajectory import PointTrajectoryVideo
@@ -246,18 +237,10 @@ def test_render_uses_each_cameras_time():
     assert "radii" in model.render(cams[[0, 2]]).extras and "radii" not in together.extras
 
 
-@pytest.mark.parametrize("bases", [0, 3])
-def test_motion_samples_follow_the_field_at_every_sampled_time(bases):
-    model = Splat4DModel(Splat4DConfig(**TINY | {"motion_bases": bases}), SCENE)
+def test_motion_samples_follow_the_field_at_every_sampled_time():
+    model = Splat4DModel(Splat4DConfig(**TINY), SCENE)
     model.set_splats(random_splats(200))
     model.deformation.set_frames(torch.linspace(0, 1, 5))  # frame spacing 0.25
-    if bases:  # bases that turn and move differently at each time, blended at random
-        model.bases.set_frames(5)
-        g = torch.Generator().manual_seed(1)
-        with torch.no_grad():
-            model.bases.rotations.add_(0.3 * torch.randn(5, bases, 4, generator=g))
-            model.bases.translations.normal_(0, 0.2, generator=g)
-            model.splats["motion_logits"].normal_(0, 2, generator=g)
     with torch.no_grad():  # a field that moves things differently at each time
         model.deformation.grid.planes((3, 4, 5))[0].data.uniform_(0, 2)
         model.deformation.heads["means"].weight.normal_(0, 0.5)
@@ -347,12 +330,9 @@ def test_config_fields_do_not_clash_with_the_trainer():
 # -- training ------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("bases", [0, 4])
-def test_trains_on_the_bundled_dynamic_scene_with_densification(tmp_path, bases):
+def test_trains_on_the_bundled_dynamic_scene_with_densification(tmp_path):
     config = Splat4DConfig(
-        **TINY
-        | {"static_fraction": 0.5, "refine_every": 2, "refine_stop_fraction": 1.0}
-        | {"motion_bases": bases}
+        **TINY | {"static_fraction": 0.5, "refine_every": 2, "refine_stop_fraction": 1.0}
     )
     trainer = Trainer(
         "splat4d",
@@ -379,10 +359,6 @@ def test_trains_on_the_bundled_dynamic_scene_with_densification(tmp_path, bases)
             assert not torch.equal(expected.bounds, box)
     assert "rigidity" not in names[3] and {"rigidity", "plane_tv", "time_l1", "offset"} <= names[4]
     assert model.num_gaussians != before  # the strategy densified/pruned canonical splats
-    if bases:  # the blend logits follow the Gaussians; the bases moved from the identity
-        assert model.splats["motion_logits"].shape == (model.num_gaussians, bases)
-        assert "basis_smoothness" in names[4]
-        assert float(model.bases.translations.detach().abs().max()) > 0
     assert any(p.detach().abs().max() > 0 for p in model.deformation.heads.parameters())
     trainer.save()
 
@@ -438,159 +414,3 @@ def test_registered():
 
     spec = get_method("splat4d")
     assert spec.model_cls is Splat4DModel and spec.config_cls is Splat4DConfig
-
-
-def axis_angle_quat(axis: tuple[float, float, float], degrees: float) -> torch.Tensor:
-    a = torch.tensor(axis, dtype=torch.float32)
-    a = a / a.norm()
-    half = math.radians(degrees) / 2
-    return torch.cat([torch.tensor([math.cos(half)]), a * math.sin(half)])
-
-
-def test_quat_multiply_composes_rotations():
-    g = torch.Generator().manual_seed(0)
-    a, b = torch.nn.functional.normalize(torch.randn(2, 5, 4, generator=g), dim=-1)
-    torch.testing.assert_close(
-        quat_to_rotmat(quat_multiply(a, b)), quat_to_rotmat(a) @ quat_to_rotmat(b)
-    )
-    identity = torch.tensor([1.0, 0, 0, 0])
-    torch.testing.assert_close(quat_multiply(identity.expand(5, 4), b), b)
-
-
-def test_interpolate_frames_is_linear_between_frames_and_held_past_the_ends():
-    frames = torch.tensor([0.0, 0.5, 1.0])
-    values = torch.tensor([[0.0, 1.0], [2.0, 3.0], [4.0, 5.0]])
-    out = interpolate_frames(frames, values, torch.tensor([-1.0, 0.25, 0.5, 0.9, 1.5]))
-    torch.testing.assert_close(out, torch.tensor([[0, 1], [1, 2], [2, 3], [3.6, 4.6], [4, 5.0]]))
-
-
-def test_bases_move_points_rigidly_and_pin_the_first_frame():
-    bases = MotionBases(2)
-    bases.set_frames(3)
-    frames = torch.tensor([0.0, 0.5, 1.0])
-    q = axis_angle_quat((0, 0, 1), 90)
-    with torch.no_grad():
-        bases.rotations[0, 1] = axis_angle_quat((1, 0, 0), 30)  # pinned: ignored
-        bases.translations[0, 1] = torch.tensor([5.0, 5, 5])
-        bases.rotations[2, 1] = q * 3  # raw quaternions need not be unit
-        bases.translations[2, 1] = torch.tensor([1.0, 0, 0])
-        bases.centres[1] = torch.tensor([0.5, 0, 0])  # it turns about (0.5, 0, 0)
-    points = torch.tensor([[1.0, 0, 0], [0, 2, 1], [0.5, 0.5, 0.5]])
-    second = torch.tensor([[0.0, 1.0]]).expand(3, 2)
-    half = torch.tensor([[0.5, 0.5]]).expand(3, 2)
-    at = {t: bases(frames, points, second, torch.full((3,), t)) for t in (0.0, 1.0)}
-    torch.testing.assert_close(at[0.0][0], points)  # the first frame is the identity
-    torch.testing.assert_close(at[0.0][1], torch.tensor([[1.0, 0, 0, 0]]).expand(3, 4))
-    local = points - torch.tensor([0.5, 0, 0])
-    expected = torch.stack([-local[:, 1], local[:, 0], local[:, 2]], -1) + torch.tensor([1.5, 0, 0])
-    torch.testing.assert_close(at[1.0][0], expected)
-    torch.testing.assert_close(at[1.0][1], q.expand(3, 4))
-    # half on the identity basis: the midpoint of the two motions, the halfway turn
-    moved, turn = bases(frames, points, half, torch.ones(3))
-    torch.testing.assert_close(moved, (points + expected) / 2)
-    torch.testing.assert_close(turn, axis_angle_quat((0, 0, 1), 45).expand(3, 4))
-    # mixed times in one call: each point at its own time
-    mixed, _ = bases(frames, points, second, torch.tensor([1.0, 0.0, 1.0]))
-    torch.testing.assert_close(mixed, torch.stack([expected[0], points[1], expected[2]]))
-
-
-def test_hold_after_gives_later_frames_the_latest_motion():
-    bases = MotionBases(1)
-    bases.set_frames(5)
-    with torch.no_grad():
-        bases.translations[1, 0] = torch.tensor([0.1, 0, 0])
-        bases.translations[2, 0] = torch.tensor([0.3, 0, 0])
-        bases.rotations[2, 0] = torch.tensor([0.9, 0.1, 0, 0])
-        bases.translations[4, 0] = torch.tensor([9.0, 9, 9])
-    bases.hold_after(2)
-    expected = torch.tensor([[0, 0, 0], [0.1, 0, 0], [0.3, 0, 0], [0.3, 0, 0], [0.3, 0, 0]])
-    torch.testing.assert_close(bases.translations[:, 0].detach(), expected)
-    torch.testing.assert_close(
-        bases.rotations[3:, 0].detach(), torch.tensor([[0.9, 0.1, 0, 0]] * 2)
-    )
-
-
-def test_smoothness_vanishes_for_uniform_motion_only():
-    bases = MotionBases(1)
-    bases.set_frames(4)
-    with torch.no_grad():
-        bases.translations[:, 0, 0] = torch.tensor([0.0, 1.0, 2.0, 3.0])
-    assert float(bases.smoothness().detach()) == pytest.approx(0.0, abs=1e-12)
-    with torch.no_grad():
-        bases.translations[3, 0, 0] = 4.0
-    # second differences (0, 1): squared mean 0.5; over a scale of 2: 0.125
-    assert float(bases.smoothness(2.0).detach()) == pytest.approx(0.125)
-
-
-def test_kmeans_finds_separated_clusters():
-    g = torch.Generator().manual_seed(0)
-    truth = torch.tensor([[0.0, 0, 0], [3, 0, 0], [0, 3, 3]])
-    points = torch.cat([c + 0.1 * torch.randn(50, 3, generator=g) for c in truth])
-    centres = kmeans(points, 3)
-    matched = torch.cdist(truth, centres).min(1).values
-    assert float(matched.max()) < 0.05
-
-
-def test_bases_recover_a_rotation_by_gradient():
-    """Points on a sphere turned 60 degrees about z and moved: one basis fits them."""
-    g = torch.Generator().manual_seed(0)
-    points = torch.nn.functional.normalize(torch.randn(200, 3, generator=g), dim=-1) * 0.3
-    R = quat_to_rotmat(axis_angle_quat((0, 0, 1), 60))
-    target = points @ R.T + torch.tensor([0.2, -0.1, 0.05])
-    bases = MotionBases(1)
-    bases.set_frames(2)
-    frames = torch.tensor([0.0, 1.0])
-    opt = torch.optim.Adam(bases.parameters(), lr=2e-2)
-    ones = torch.ones(200, 1)
-    for _ in range(400):
-        moved, _ = bases(frames, points, ones, torch.ones(200))
-        loss = (moved - target).square().sum(-1).mean()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    with torch.no_grad():
-        q, t = bases.frames()
-    angle = math.degrees(2 * math.acos(min(1.0, abs(float(q[1, 0, 0])))))
-    assert angle == pytest.approx(60, abs=0.5)
-    torch.testing.assert_close(t[1, 0], torch.tensor([0.2, -0.1, 0.05]), atol=2e-3, rtol=0)
-
-
-def test_model_blends_bases_then_adds_the_field():
-    model = Splat4DModel(Splat4DConfig(**TINY | {"motion_bases": 3}), SCENE)
-    model.set_splats(random_splats(300))
-    assert model.splats["motion_logits"].shape == (300, 3)
-    model.deformation.set_frames(torch.linspace(0, 1, 3))
-    model.bases.set_frames(3)
-    model._init_blend_weights()
-    weights = torch.softmax(model.splats["motion_logits"].detach(), -1)
-    # each Gaussian weighs most the basis whose k-means centre is nearest
-    means = model.splats["means"].detach()
-    solid = torch.sigmoid(model.splats["opacities"].detach()) > 0.1  # those it clusters
-    centres = kmeans(means[solid], 3)
-    torch.testing.assert_close(model.bases.centres, centres)  # the bases turn about them
-    nearest = torch.cdist(means, centres).argmin(1)
-    assert float((weights.argmax(1) == nearest).float().mean()) > 0.99
-    canonical = model.gaussians_at(0.0)
-    torch.testing.assert_close(canonical["means"], model.splats["means"].detach())
-    assert "motion_logits" not in canonical and "field_offsets" not in canonical
-    q = axis_angle_quat((0, 0, 1), 90)
-    with torch.no_grad():
-        model.bases.rotations[2] = q  # every basis: the same quarter turn at t = 1
-        model.bases.translations[2] = torch.tensor([0.0, 0, 0.5])
-        model.deformation.heads["means"].bias.copy_(torch.tensor([0.1, 0, 0]))
-    later = model.gaussians_at(1.0)
-    # each basis turns about its own centre: R x + (I - R) sum_k w_k c_k + t
-    m = model.splats["means"].detach()
-    c = weights @ model.bases.centres
-    R = quat_to_rotmat(q)
-    turned = m @ R.T + c - c @ R.T + torch.tensor([0.1, 0, 0.5])
-    torch.testing.assert_close(later["means"].detach(), turned)
-    expected_quats = quat_multiply(q.expand(300, 4), model.splats["quats"].detach())
-    torch.testing.assert_close(later["quats"].detach(), expected_quats)
-    # the offset penalty reads the field's offsets only, not the bases' motion
-    _, samples = model.deform(1.0)
-    assert samples is None
-    gaussians, _ = model.deform(1.0)
-    torch.testing.assert_close(
-        gaussians["field_offsets"].detach(), torch.tensor([[0.1, 0, 0]]).expand(300, 3)
-    )

@@ -6,9 +6,7 @@ rotation, the log-scales and optionally the opacity logit (4DGaussians): a multi
 HexPlane feeds a small trunk shared by one linear head per attribute; the heads start at
 zero, so that the field starts as the identity. Optional per-frame codes (4Real's
 per-frame deformation) join the HexPlane features; between training frames they are
-interpolated linearly in time. Optional rigid motion bases (``motion_bases``; Shape of
-Motion, SC-GS) move the Gaussians first, each by its learned blend of a few rigid motions,
-and the field adds its offsets to theirs.
+interpolated linearly in time.
 
 Training starts with a static warm-up (canonical splats only, deformation off), then
 trains both with the photometric loss plus the HexPlane regularisers (plane TV, time
@@ -43,12 +41,6 @@ from snap3d.errors import Snap3dError
 from snap3d.render import rasterize_gaussians
 from snap3d.representations.base import ParamGroup, RenderOutput, SceneMeta, image_batch
 from snap3d.representations.hexplane import HexPlane
-from snap3d.representations.motion_bases import (
-    MotionBases,
-    interpolate_frames,
-    kmeans,
-    quat_multiply,
-)
 from snap3d.representations.splat import SplatConfig, SplatModel
 from snap3d.representations.trajectory import (
     PointTrajectoryVideo,
@@ -169,22 +161,6 @@ class Splat4DConfig(SplatConfig):
     against non-rigid motion, and on the bundled (all-rigid) scene at 5000 steps it
     helped with rigidity 1 and window 0.7 (21.9 -> 22.3 dB, trajectory 6.3 -> 5.8%) but
     not with the defaults (24.0 -> 23.3 dB, 6.3 -> 6.5%)."""
-    motion_bases: int = 0
-    """Rigid motion bases the Gaussians blend (Shape of Motion, SC-GS; 0: off): each
-    basis is a rotation and a translation per frame, and each Gaussian has learned
-    blend weights over them (starting from its distance to k-means centres of the
-    canonical splats). The HexPlane field adds its offsets on top. A rigid part moves
-    by one basis that all its Gaussians drive together, which tracks motion that
-    only texture shows (a spinning ball)."""
-    basis_rotation_lr: float = 3e-3
-    """Learning rate of the bases' quaternions, decayed 10x."""
-    basis_translation_lr: float = 3e-4
-    """Learning rate of the bases' translations (times the camera extent), decayed 10x."""
-    motion_logits_lr: float = 5e-2
-    """Learning rate of the Gaussians' blend logits."""
-    basis_smoothness_weight: float = 1.0
-    """Second difference over frames of the bases' quaternions and translations (over
-    the camera extent)."""
     visibility_tolerance: float = 0.02
     """Trajectory export: a point is hidden when the surface is nearer by this fraction
     of its depth."""
@@ -239,7 +215,13 @@ class DeformationField(nn.Module):
 
     def frame_code(self, times: Tensor) -> Tensor:
         """[N,D] codes at times [N]: linear between the codes of the nearest frames."""
-        return interpolate_frames(self.frame_times, self.frame_codes, times)
+        frames, codes = self.frame_times, self.frame_codes
+        if len(frames) == 1:
+            return codes[:1].expand(len(times), -1)
+        hi = torch.searchsorted(frames, times.contiguous()).clamp(1, len(frames) - 1)
+        lo = hi - 1
+        w = ((times - frames[lo]) / (frames[hi] - frames[lo])).clamp(0, 1)[:, None]
+        return codes[lo] * (1 - w) + codes[hi] * w
 
     def forward(self, means: Tensor, times: Tensor) -> dict[str, Tensor]:
         """Offsets of the Gaussians with canonical ``means`` [N,3] at ``times`` [N].
@@ -283,9 +265,6 @@ class Splat4DModel(SplatModel):
         super().__init__(config, scene)
         self.time_range = scene.time_range or (0.0, 1.0)
         self.deformation = DeformationField(config, scene.bounds_tensor, self.time_range)
-        self.bases = MotionBases(config.motion_bases) if config.motion_bases > 0 else None
-        if self.bases is not None:
-            self.splats["motion_logits"] = nn.Parameter(torch.zeros(0, config.motion_bases))
         # The cameras `export` films from by default (the test split's), so that a run
         # exports from its checkpoint alone.
         self.register_buffer("export_camtoworlds", torch.zeros(0, 4, 4))
@@ -293,22 +272,12 @@ class Splat4DModel(SplatModel):
 
     # -- construction -----------------------------------------------------------------
 
-    def set_splats(self, splats) -> None:
-        super().set_splats(splats)
-        if self.bases is not None:  # blend logits, set when the deformation starts
-            means = self.splats["means"]
-            self.splats["motion_logits"] = nn.Parameter(
-                means.new_zeros(len(means), self.bases.count)
-            )
-
     def initialize(self, dataset: SceneDataset) -> None:
         super().initialize(dataset)
         times = dataset.times if dataset.times is not None else torch.zeros(1)
         self.deformation.set_frames(torch.unique(times.float()))
-        if self.bases is not None:
-            self.bases.set_frames(len(self.deformation.frame_times))
-        if self._deform_start() == 0:  # no warm-up: the initial splats are all there is
-            self._start_deformation()
+        if self.config.fit_field_bounds and self._deform_start() == 0:
+            self._fit_field_bounds()  # no warm-up: the initial splats are all there is
         from snap3d.data import load
 
         try:
@@ -324,8 +293,6 @@ class Splat4DModel(SplatModel):
             if name not in state:
                 raise Snap3dError(f"checkpoint lacks {name}")
         self.deformation.set_frames(state["deformation.frame_times"])
-        if self.bases is not None:
-            self.bases.set_frames(len(state["deformation.frame_times"]))
         self.export_camtoworlds = torch.zeros_like(state["export_camtoworlds"])
         self.export_Ks = torch.zeros_like(state["export_Ks"])
         super().load_checkpoint_state(state)
@@ -378,9 +345,7 @@ class Splat4DModel(SplatModel):
     def gaussians_at(self, time: Tensor | float) -> dict[str, Tensor]:
         """The Gaussians at ``time``, raw like ``splats``: means [N,3], quats [N,4],
         scales [N,3] (log), opacities [N] (logit), sh0 [N,1,3], shN [N,K,3]."""
-        gaussians = self.deform(time)[0]
-        del gaussians["field_offsets"]
-        return gaussians
+        return self.deform(time)[0]
 
     def deform(
         self,
@@ -401,10 +366,8 @@ class Splat4DModel(SplatModel):
         and a second difference across it holds the newest frame's motion back to none.
 
         Returns:
-            (gaussians, also holding "field_offsets" [N,3], the field's position offsets
-            (on top of the motion bases' motion), None or (xyz [3 or 4,P,3], neighbours
-            [A,K] into P of the first A points, P = A (K + 1), the anchors' raw quaternions
-            [3 or 4,A,4])).
+            (gaussians, None or (xyz [3 or 4,P,3], neighbours [A,K] into P of the first A
+            points, P = A (K + 1), the anchors' raw quaternions [3 or 4,A,4])).
         """
         p = dict(self.splats.items())
         means = p["means"]
@@ -426,29 +389,18 @@ class Splat4DModel(SplatModel):
             points = torch.cat([means, means[index].repeat(len(extra), 1)])
             times = torch.cat([times, *(t.expand(m) for t in extra)])
         offsets = self.deformation(points, times)
-        quats = (
-            p["quats"]
-            if not motion_samples
-            else torch.cat([p["quats"], p["quats"][index].repeat(len(extra), 1)])
-        )
-        if self.bases is not None:  # the rigid bases move first, the field adds to them
-            logits = p.pop("motion_logits")
-            if motion_samples:
-                logits = torch.cat([logits, logits[index].repeat(len(extra), 1)])
-            weights = torch.softmax(logits, dim=-1)
-            points, turns = self.bases(self.deformation.frame_times, points, weights, times)
-            quats = quat_multiply(turns, quats)
-        p["means"], p["quats"] = points[:n], quats[:n]
         for name, offset in offsets.items():
             p[name] = p[name] + offset[:n]
-        p["field_offsets"] = offsets["means"][:n]
         if not motion_samples:
             return p, None
         moved = (points[n:] + offsets["means"][n:]).reshape(-1, m, 3)
         at = 2 if backward else 1  # where the time itself goes among the sampled times
         xyz = torch.stack([*moved[:at], p["means"][index], *moved[at:]])
         anchors = index[: neighbors.shape[0]]  # their rotations at the same times
-        turned = (quats[n:] + offsets["quats"][n:]).reshape(-1, m, 4)[:, : len(anchors)]
+        turned = (
+            self.splats["quats"][anchors]
+            + offsets["quats"][n:].reshape(-1, m, 4)[:, : len(anchors)]
+        )
         quats = torch.stack([*turned[:at], p["quats"][anchors], *turned[at:]])
         return p, (xyz, neighbors, quats)
 
@@ -570,14 +522,12 @@ class Splat4DModel(SplatModel):
                 span_time=span,
                 latest=self.time_limit(step) if sample else None,
             )
-            field_offsets = gaussians.pop("field_offsets")
             if self.training:  # the offset penalty's input
-                extras["position_offsets"] = field_offsets
+                extras["position_offsets"] = gaussians["means"] - self.splats["means"]
             if trajectories is not None:
                 extras["trajectories"] = trajectories
         else:
             gaussians = dict(self.splats.items())  # static warm-up
-            gaussians.pop("motion_logits", None)
         colors, alphas, meta = self.rasterize(
             gaussians,
             cameras,
@@ -604,10 +554,6 @@ class Splat4DModel(SplatModel):
         for name, value in self.deformation.regularisers().items():
             if weights[name] > 0:
                 losses[name] = weights[name] * value
-        if self.bases is not None and cfg.basis_smoothness_weight > 0:
-            # translations over the extent, as the quaternions are unitless
-            smooth = self.bases.smoothness(self.scene.camera_extent)
-            losses["basis_smoothness"] = cfg.basis_smoothness_weight * smooth
         offsets = output.extras.get("position_offsets")
         if cfg.offset_weight > 0 and offsets is not None:
             losses["offset"] = cfg.offset_weight * offsets.abs().mean() / self.scene.camera_extent
@@ -627,41 +573,12 @@ class Splat4DModel(SplatModel):
     def after_step(self, step: int, output: RenderOutput, optimizers: dict) -> None:
         super().after_step(step, output, optimizers)
         cfg = self.config
-        if step + 1 == self._deform_start():
-            self._start_deformation()
+        if cfg.fit_field_bounds and step + 1 == self._deform_start():
+            # the planes span the canonical splats the warm-up made, not a generic box
+            self._fit_field_bounds()
         growing = step + 1 <= self._window_end()
         if cfg.hold_time and cfg.time_window < 1 and growing:
-            limit = self.time_limit(step + 1)
-            self.deformation.grid.hold_after(limit)
-            if self.bases is not None:
-                last = int((self.deformation.frame_times <= limit + 1e-6).sum()) - 1
-                self.bases.hold_after(max(last, 0))
-
-    def _start_deformation(self) -> None:
-        """Fit the field to the canonical splats the warm-up made: the planes' box and the
-        Gaussians' blend weights over the motion bases."""
-        if self.config.fit_field_bounds:
-            # the planes span the canonical splats, not a generic box
-            self._fit_field_bounds()
-        if self.bases is not None:
-            self._init_blend_weights()
-
-    @torch.no_grad()
-    def _init_blend_weights(self) -> None:
-        """Centre the bases on k-means centres of the solid canonical splats; blend logits
-        -d^2 / (2 s^2) from each Gaussian to them, s half the median distance between
-        neighbouring centres."""
-        means = self.splats["means"].detach()
-        solid = torch.sigmoid(self.splats["opacities"].detach()) > 0.1
-        points = means[solid] if int(solid.sum()) >= self.bases.count else means
-        if len(points) < self.bases.count:
-            return  # too few Gaussians to cluster: uniform weights
-        centres = kmeans(points.cpu(), self.bases.count).to(means)
-        spacing = torch.cdist(centres, centres) + torch.eye(len(centres)).to(means) * 1e9
-        s = 0.5 * spacing.min(1).values.median().clamp_min(1e-6)
-        logits = -torch.cdist(means, centres).square() / (2 * s * s)
-        self.splats["motion_logits"].copy_(logits)
-        self.bases.centres.copy_(centres)
+            self.deformation.grid.hold_after(self.time_limit(step + 1))
 
     def _fit_field_bounds(self) -> None:
         """Span the HexPlane over the canonical splats that are not (nearly) transparent."""
@@ -691,16 +608,6 @@ class Splat4DModel(SplatModel):
         )
         if field.frame_codes.numel() > 0:
             groups["frame_codes"] = ParamGroup([field.frame_codes], cfg.frame_code_lr)
-        if self.bases is not None:
-            # "motion_logits" is a splat parameter: the strategy finds its optimizer by name
-            groups["motion_logits"] = ParamGroup(
-                [self.splats["motion_logits"]], cfg.motion_logits_lr
-            )
-            rot, shift = cfg.basis_rotation_lr, cfg.basis_translation_lr * self.scene.camera_extent
-            groups["motion_rotations"] = ParamGroup([self.bases.rotations], rot, lr_final=rot * 0.1)
-            groups["motion_translations"] = ParamGroup(
-                [self.bases.translations], shift, lr_final=shift * 0.1
-            )
         return groups
 
     def describe(self) -> dict[str, Any]:
