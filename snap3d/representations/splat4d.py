@@ -146,7 +146,8 @@ class Splat4DConfig(SplatConfig):
     frame's, and a second difference across it held that frame's motion back (with a
     perfect, frozen canonical scene the field turned the ball 1.1 of its 9.2 degrees at
     the second frame; without the term, 3.0). 5000 steps: 24.70 -> 24.23 dB, trajectory
-    5.46% -> 5.13% of the radius; with the term off, 24.05 dB and 5.06%."""
+    5.46% -> 5.13% of the radius (23.71 dB and 5.22% in a run that differed only by float
+    rounding: runs spread by about 0.5 dB); with the term off, 24.05 dB and 5.06%."""
     offset_weight: float = 0.1
     """L1 on the position offsets (over the camera extent): motion only where needed.
     Without it the field learned large offsets that barely depend on time (a second,
