@@ -262,6 +262,48 @@ def test_trajectories_follow_a_known_deformation(two_walls):
     torch.testing.assert_close(shift[..., 0], times[:, None, None].expand(4, 24, 10))
 
 
+def test_median_depth_lies_on_the_front_surface_where_the_expected_depth_does_not():
+    """A half-transparent Gaussian (opacity 0.7) at depth 2 in front of an opaque one at
+    3: the expected depth lies between them (2.3), the median on the front one."""
+
+    def model_of(depths: list[float], opacities: list[float]) -> Splat4DModel:
+        n = len(depths)
+        scene = SceneMeta(bounds=[[-3, -3, 0], [3, 3, 5]], camera_extent=1.0, background=[0, 0, 0])
+        model = Splat4DModel(Splat4DConfig(sh_degree=0, backend="torch"), scene)
+        model.set_splats(
+            SplatData(
+                means=torch.tensor([[0.0, 0.0, d] for d in depths]),
+                quats=torch.tensor([[1.0, 0, 0, 0]]).repeat(n, 1),
+                scales=torch.log(torch.tensor([0.5, 0.5, 0.01])).repeat(n, 1),
+                opacities=torch.logit(torch.tensor(opacities)),
+                sh0=torch.full((n, 1, 3), 0.5),
+                shN=torch.zeros(n, 0, 3),
+            )
+        )
+        return model.eval()
+
+    K = torch.tensor([[[32.0, 0, 16], [0, 32.0, 16], [0, 0, 1]]])
+    camera = Cameras(torch.eye(4)[None], K, 32, 32)
+    model = model_of([2.0, 3.0], [0.7, 0.99])
+    with torch.no_grad():
+        gaussians = model.gaussians_at(0.0)
+        out, alpha, _ = model.rasterize(gaussians, camera, sh_degree=0)
+        median = model.median_depth(gaussians, camera)
+    centre = (slice(14, 18), slice(14, 18))
+    expected = (0.7 * 2 + 0.3 * 0.99 * 3) / (0.7 + 0.3 * 0.99)
+    torch.testing.assert_close(
+        out[0, ..., 3][centre], torch.full((4, 4), expected), atol=0.02, rtol=0
+    )
+    spacing = 1.0 / 127  # 128 levels over the Gaussians' depths, 2 to 3
+    assert (median[centre] - 2.0).abs().max() < spacing
+    # a lone Gaussian: its own depth, exactly
+    lone = model_of([3.0], [0.99])
+    with torch.no_grad():
+        torch.testing.assert_close(
+            lone.median_depth(lone.gaussians_at(0.0), camera)[centre], torch.full((4, 4), 3.0)
+        )
+
+
 def test_trajectory_export_writes_npz_and_preview(two_walls, tmp_path):
     model, camera = two_walls
     model.export_camtoworlds = camera.camtoworlds
