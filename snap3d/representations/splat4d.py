@@ -676,8 +676,8 @@ class Splat4DModel(SplatModel):
         H, W = cameras.height, cameras.width
         tracked = alpha0[0, ..., 0] > 0.5
         # the surface point of each pixel at the first time: on the pixel's ray at the
-        # median (or expected) depth (blending the Gaussians' centres instead would pull it sideways
-        # towards the centres of the Gaussians around the ray).
+        # median (or expected) depth (blending the Gaussians' centres instead would pull
+        # it sideways towards the centres of the Gaussians around the ray).
         origins, dirs = cameras[0].rays(0)
         forward = cameras.camtoworlds[0, :3, 2]
         depth0 = carried[0, ..., -1:]
