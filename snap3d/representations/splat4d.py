@@ -60,11 +60,11 @@ class Splat4DConfig(SplatConfig):
     schedule: Literal["auto", "cpu", "gpu"] = "cpu"
     """The 5k-step schedule on every device (``auto`` would give gsplat's 30k on CUDA).
     More steps fit the training frames better and the unseen views worse. On an H100
-    (gsplat kernels, bundled scene, seed 0), test PSNR / trajectory error (% of radius)
-    / train PSNR were as follows. 5000 steps: 24.47 dB / 5.80% / 28.1 dB. 7500: 24.90 /
-    5.98 / 30.8. 10000: 24.50 / 5.98 / 31.1, with 76k Gaussians. 20000: 24.03 / 6.66 /
-    32.8, with 161k. Five seeds at 5000 steps spread 24.68 +- 0.23 dB and 5.48 +-
-    0.36%."""
+    (gsplat kernels, bundled scene, seed 0, gsplat's schedule scaled to each step
+    count), test PSNR / trajectory error (% of radius) / train PSNR were as follows.
+    5000 steps: 24.47 dB / 5.80% / 28.1 dB. 7500: 24.90 / 5.98 / 30.8. 10000: 24.50 /
+    5.98 / 31.1, with 76k Gaussians. 20000: 24.03 / 6.66 / 32.8, with 161k. Five seeds
+    at 5000 steps spread 24.68 +- 0.24 dB and 5.48 +- 0.37%."""
     static_fraction: float = 0.05
     """Fraction of the steps spent on the static warm-up (canonical splats only). A long
     warm-up bakes the motion within the first window into a blur: 5000 steps, with
