@@ -281,7 +281,7 @@ def test_densification_stops_at_its_fraction_of_the_steps():
 
 
 def test_the_short_schedule_is_the_default_on_every_device():
-    # on a GPU, 20k steps overfitted the training frames (bench/splat4d.py, 24.0 against
+    # on an H100, 20k steps overfitted the training frames (bundled scene, 24.0 against
     # 24.5 dB at 5k), so CUDA keeps the 5k schedule unless one asks for gsplat's
     config = Splat4DConfig()
     assert config.default_max_steps("cuda") == config.default_max_steps("cpu") == 5000
