@@ -542,16 +542,14 @@ class Splat4DModel(SplatModel):
                 or cfg.rotation_rigidity_weight > 0
                 or cfg.motion_smoothness_weight > 0
             )
+            latest = self.time_limit(step) if sample else None
             span = None
             if sample and cfg.rigidity_span:
                 # a random time of the window trained so far (uniform over it)
                 t0 = self.time_range[0]
-                span = t0 + float(torch.rand(())) * (self.time_limit(step) - t0)
+                span = t0 + float(torch.rand(())) * (latest - t0)
             gaussians, trajectories = self.deform(
-                times[0],
-                motion_samples=sample,
-                span_time=span,
-                latest=self.time_limit(step) if sample else None,
+                times[0], motion_samples=sample, span_time=span, latest=latest
             )
             if self.training:  # the offset penalty's input
                 extras["position_offsets"] = gaussians["means"] - self.splats["means"]
@@ -688,9 +686,9 @@ class Splat4DModel(SplatModel):
         # it sideways towards the centres of the Gaussians around the ray).
         origins, dirs = cameras[0].rays(0)
         forward = cameras.camtoworlds[0, :3, 2]
-        depth0 = carried[0, ..., -1:]
-        if self.config.start_depth == "median":
-            depth0 = self.median_depth(frames[0], cameras[0])[..., None]
+        median = self.config.start_depth == "median"
+        depth0 = self.median_depth(frames[0], cameras[0]) if median else carried[0, ..., -1]
+        depth0 = depth0[..., None]
         start = origins + dirs * depth0 / (dirs @ forward)[..., None].clamp_min(1e-8)
         moved = carried[0, ..., :-1] / alpha0[0].clamp_min(1e-10)
         xyz = start[:, :, None, :] + moved.reshape(H, W, T, 3)
@@ -701,8 +699,8 @@ class Splat4DModel(SplatModel):
             rgbs.append(out[0, ..., :3])
             depths.append(out[0, ..., 3])
             alphas.append(alpha[0, ..., 0])
-            if self.config.start_depth == "median":  # the surface the points start on
-                depths[-1] = self.median_depth(g, cameras[k])
+            if median:  # the surface the points start on (the first frame's is depth0)
+                depths[-1] = depth0[..., 0] if k == 0 else self.median_depth(g, cameras[k])
         depth, alpha = torch.stack(depths), torch.stack(alphas)
         visible = point_visibility(
             xyz, cameras, depth, alpha, tracked, self.config.visibility_tolerance
