@@ -13,13 +13,19 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from snap3d.cameras import Cameras, look_at
+from snap3d.cameras import Cameras, look_at, quat_to_rotmat
 from snap3d.io import SplatData
 from snap3d.io.export import export_run
 from snap3d.representations.base import SceneMeta
 from snap3d.representations.hexplane import PLANES, HexPlane
 from snap3d.representations.splat import SplatConfig, SplatModel
-from snap3d.representations.splat4d import DeformationField, Splat4DConfig, Splat4DModel
+from snap3d.representations.splat4d import (
+    DeformationField,
+    Splat4DConfig,
+    Splat4DModel,
+    farthest_points,
+    quat_multiply,
+)
 from snap3d.representations.trajectory import PointTrajectoryVideo
 from snap3d.train import TrainConfig, Trainer, load_model
 
@@ -237,9 +243,11 @@ def test_render_uses_each_cameras_time():
     assert "radii" in model.render(cams[[0, 2]]).extras and "radii" not in together.extras
 
 
-def test_motion_samples_follow_the_field_at_every_sampled_time():
-    model = Splat4DModel(Splat4DConfig(**TINY), SCENE)
+@pytest.mark.parametrize("controls", [0, 24])
+def test_motion_samples_follow_the_field_at_every_sampled_time(controls):
+    model = Splat4DModel(Splat4DConfig(**TINY | {"control_points": controls}), SCENE)
     model.set_splats(random_splats(200))
+    model._sample_controls()
     model.deformation.set_frames(torch.linspace(0, 1, 5))  # frame spacing 0.25
     with torch.no_grad():  # a field that moves things differently at each time
         model.deformation.grid.planes((3, 4, 5))[0].data.uniform_(0, 2)
@@ -270,6 +278,89 @@ def test_motion_samples_follow_the_field_at_every_sampled_time():
             torch.testing.assert_close(quats[k].detach(), turned)
         torch.testing.assert_close(gaussians["means"], model.gaussians_at(0.5)["means"])
         assert not torch.allclose(xyz[0], xyz[-1], atol=1e-3)
+
+
+def axis_angle_quat(axis: list[float], degrees: float) -> Tensor:
+    half = torch.deg2rad(torch.tensor(degrees)) / 2
+    axis_t = torch.nn.functional.normalize(torch.tensor(axis), dim=0)
+    return torch.cat([torch.cos(half)[None], torch.sin(half) * axis_t])
+
+
+def test_quat_multiply_composes_rotations():
+    g = torch.Generator().manual_seed(0)
+    a = torch.nn.functional.normalize(torch.randn(16, 4, generator=g), dim=-1)
+    b = torch.nn.functional.normalize(torch.randn(16, 4, generator=g), dim=-1)
+    torch.testing.assert_close(
+        quat_to_rotmat(quat_multiply(a, b)), quat_to_rotmat(a) @ quat_to_rotmat(b)
+    )
+
+
+def test_farthest_points_cover_separate_clusters():
+    g = torch.Generator().manual_seed(0)
+    centres = torch.tensor([[0.0, 0, 0], [5, 0, 0], [0, 5, 0], [0, 0, 5]])
+    points = (centres[:, None] + 0.1 * torch.randn(4, 50, 3, generator=g)).reshape(-1, 3)
+    picked = farthest_points(points, 4)
+    assert sorted(torch.cdist(picked, centres).argmin(1).tolist()) == [0, 1, 2, 3]
+    assert farthest_points(points[:3], 10).shape == (3, 3)
+
+
+def test_control_points_carry_gaussians_through_a_rigid_motion_exactly():
+    """Controls that each move by the same rigid motion (about themselves) blend into that
+    motion for every Gaussian, whatever their weights: positions and rotations."""
+    model = Splat4DModel(Splat4DConfig(**TINY | {"control_points": 32}), SCENE)
+    model.set_splats(random_splats(300))
+    model._sample_controls()
+    controls = model.control_means
+    assert controls.shape == (32, 3) and bool((model.control_radii > 0).all())
+    # every control is one of the solid splats
+    splats = model.splats
+    solid = splats["means"][torch.sigmoid(splats["opacities"]) > 0.1].detach()
+    assert float((controls[:, None] - solid).norm(dim=-1).min(1).values.max()) == 0
+    q = axis_angle_quat([1.0, 2.0, 3.0], 50.0)
+    R, shift = quat_to_rotmat(q), torch.tensor([0.1, -0.2, 0.3])
+
+    def rigid_field(points: Tensor, times: Tensor) -> dict[str, Tensor]:
+        assert bool((points == controls.repeat(len(points) // 32, 1)).all())
+        return {
+            "means": points @ R.T + shift - points,
+            "quats": (q - torch.tensor([1.0, 0, 0, 0])).expand(len(points), 4),
+        }
+
+    model.deformation.forward = rigid_field
+    moved = model.gaussians_at(0.5)
+    canonical = model.splats["means"].detach()
+    torch.testing.assert_close(moved["means"].detach(), canonical @ R.T + shift)
+    turned = quat_to_rotmat(moved["quats"].detach())
+    torch.testing.assert_close(turned, R @ quat_to_rotmat(model.splats["quats"].detach()))
+
+
+def test_without_controls_yet_nothing_moves():
+    model = Splat4DModel(Splat4DConfig(**TINY | {"control_points": 8}), SCENE)
+    model.set_splats(random_splats(50))
+    moved = model.gaussians_at(0.7)
+    torch.testing.assert_close(moved["means"], model.splats["means"])
+
+
+def time_cells(model: Splat4DModel) -> int:
+    return model.deformation.grid.grids[3].shape[-2]  # the xt plane: [1, F, time, x]
+
+
+def test_time_cells_scale_with_the_frames_and_come_back_from_the_run_config():
+    config = {k: v for k, v in TINY.items() if k != "plane_time_resolution"}
+    for frames, cells in ((60, 12), (200, 40), (4, 2), (0, 25)):
+        scene = dataclasses.replace(SCENE, num_frames=frames)
+        model = Splat4DModel(Splat4DConfig(**config), scene)
+        assert time_cells(model) == cells and model.describe()["time_cells"] == cells
+        restored = SceneMeta.from_dict(json.loads(json.dumps(scene.to_dict())))
+        assert time_cells(Splat4DModel(Splat4DConfig(**config), restored)) == cells
+    scene = dataclasses.replace(SCENE, num_frames=60)
+    fixed = Splat4DModel(Splat4DConfig(**config | {"plane_time_resolution": 7}), scene)
+    assert time_cells(fixed) == 7
+    coarse = Splat4DModel(Splat4DConfig(**config | {"frames_per_time_cell": 10}), scene)
+    assert time_cells(coarse) == 6
+    # a run config written before frame counts were kept
+    old = {k: v for k, v in SCENE.to_dict().items() if k != "num_frames"}
+    assert SceneMeta.from_dict(old).num_frames == 0
 
 
 def test_densification_stops_at_its_fraction_of_the_steps():
@@ -352,6 +443,7 @@ def test_trains_on_the_bundled_dynamic_scene_with_densification(tmp_path):
     trainer.setup()
     model = trainer.model
     assert len(model.deformation.frame_times) == 60 and len(model.export_camtoworlds) == 20
+    assert model.scene.num_frames == 60
     before = model.num_gaussians
     box = model.deformation.grid.bounds.clone()
     names = []
@@ -379,6 +471,28 @@ def test_trains_on_the_bundled_dynamic_scene_with_densification(tmp_path):
     assert video.xyz.shape == (3, 16, 16, 3) and video.times.tolist() == [0.0, 0.5, 1.0]
     torch.testing.assert_close(video.camtoworlds[0], loaded.export_camtoworlds[1])
     assert out.with_suffix(".mp4").is_file()
+
+
+def test_control_points_train_and_come_back_from_the_checkpoint(tmp_path):
+    config = Splat4DConfig(**TINY | {"static_fraction": 0.5, "control_points": 16})
+    trainer = Trainer(
+        "splat4d",
+        config,
+        TrainConfig(data=ASSETS / "dynamic", output=tmp_path / "run", downscale=8, max_steps=6,
+                    device="cpu", progress=False, save_every=0),
+    )  # fmt: skip
+    trainer.setup()
+    model = trainer.model
+    for step in range(6):
+        assert len(model.control_means) == (16 if step >= 3 else 0)
+        trainer.train_step()
+    assert any(p.detach().abs().max() > 0 for p in model.deformation.heads.parameters())
+    trainer.save()
+    loaded, _, _ = load_model(tmp_path / "run")
+    torch.testing.assert_close(loaded.control_means, model.control_means)
+    torch.testing.assert_close(loaded.control_radii, model.control_radii)
+    cams = trainer.eval_data().cameras[[3, 9]]
+    torch.testing.assert_close(loaded.render(cams).rgb, model.eval().render(cams).rgb)
 
 
 def write_multiview_video(root: Path, views: int = 2, frames: int = 3, size: int = 8) -> Path:

@@ -50,6 +50,8 @@ class SceneMeta:
         width, height: training image size.
         num_train_images: number of training cameras.
         time_range: (t0, t1) for dynamic scenes, else None.
+        num_frames: number of distinct training times (0 for static scenes, and for runs
+            saved before it was recorded).
     """
 
     bounds: list[list[float]]
@@ -60,6 +62,7 @@ class SceneMeta:
     height: int = 0
     num_train_images: int = 0
     time_range: tuple[float, float] | None = None
+    num_frames: int = 0
 
     @classmethod
     def from_dataset(cls, dataset: SceneDataset) -> SceneMeta:
@@ -75,6 +78,7 @@ class SceneMeta:
             height=dataset.cameras.height,
             num_train_images=len(dataset),
             time_range=None if times is None else (float(times.min()), float(times.max())),
+            num_frames=0 if times is None else len(torch.unique(times)),
         )
 
     @classmethod

@@ -110,16 +110,18 @@ class Splat4DConfig(SplatConfig):
     plane_resolution: int = 32
     """Spatial resolution of the coarsest planes (over the scene box); 4DGaussians uses
     64, halved here so that CPU steps stay cheap."""
-    plane_time_resolution: int = 25
-    """Time resolution of the planes (4DGaussians' for D-NeRF scenes). On the bundled
-    60-frame video, cells that pool the views of several frames did better. Test PSNR /
-    trajectory error at 5000 steps:
-    - 12 with grid_lr 1e-2: seed 0 25.02 dB / 5.16%, seed 1 25.19 / 5.98, against 24.41
-      / 5.43 and 25.05 / 5.73 at 25.
-    - 12 with grid_lr 3e-2, seed 0: 25.15 / 5.31.
-    - 60: 23.78 / 7.44 on the CPU and 23.83 / 7.79 on a GPU.
-    Not made the default: 12 cells over a 150-frame capture could not follow a motion
-    that turns back within 12 frames."""
+    plane_time_resolution: int = 0
+    """Time resolution of the planes; 0 gives one cell per ``frames_per_time_cell``
+    training frames (at least 2). 4DGaussians uses 25 for D-NeRF scenes (50-200
+    frames). On the bundled 60-frame video, cells that pool the views of several frames
+    did better. Test PSNR / trajectory error at 5000 steps, seeds 0, 1, 2:
+    - 12 cells: 25.02 dB / 5.16%, 25.19 / 5.98, 25.43 / 5.05 (mean 25.21 / 5.40);
+    - 25 cells: 24.41 / 5.43, 25.05 / 5.73, 25.26 / 5.86 (mean 24.91 / 5.67);
+    - 60 cells (one per frame), seed 0: 23.78 / 7.44 on the CPU, 23.83 / 7.79 on a GPU.
+    A fixed 12 would not follow a 150-frame capture's motion that turns back within 12
+    frames, so the cells scale with the frames."""
+    frames_per_time_cell: float = 5.0
+    """Training frames per time cell of the planes when ``plane_time_resolution`` is 0."""
     plane_multires: tuple[int, ...] = (1, 2)
     """Spatial resolution multipliers: one set of six planes each."""
     deform_width: int = 64
@@ -131,6 +133,19 @@ class Splat4DConfig(SplatConfig):
     reads the canonical scales."""
     deform_opacity: bool = False
     """Also deform opacities (4DGaussians leaves them fixed)."""
+    control_points: int = 0
+    """Sparse control (SC-GS): 0 lets the field move every Gaussian (4DGaussians); K > 0
+    samples K control points from the canonical splats at the end of the warm-up
+    (farthest points among the solid ones), the field gives each a rigid motion (a
+    translation and a rotation about itself), and every Gaussian follows a blend of the
+    motions of its ``control_neighbors`` nearest control points (linear blend skinning,
+    Gaussian weights of the distance). Few motions to learn, each seen by many pixels,
+    and locally rigid by construction."""
+    control_neighbors: int = 4
+    control_resample: bool = True
+    """Sample the control points afresh from the canonical splats after every
+    densification step too (until it stops): the warm-up's splats are a rough cloud, and
+    the field is a function of position, so new controls take up the learned motion."""
     frame_code_dim: int = 0
     """Per-frame deformation code size (4Real); 0 turns the codes off."""
     grid_lr: float = 1e-2
@@ -204,16 +219,24 @@ class DeformationField(nn.Module):
         config: the model config (plane sizes, widths, what to deform).
         bounds: [2,3] scene box the planes span.
         time_range: (t0, t1) of the scene.
+        time_resolution: the planes' time cells; default ``config.plane_time_resolution``
+            (25 when that is 0, automatic: the model resolves it from the frame count).
     """
 
-    def __init__(self, config: Splat4DConfig, bounds: Tensor, time_range: tuple[float, float]):
+    def __init__(
+        self,
+        config: Splat4DConfig,
+        bounds: Tensor,
+        time_range: tuple[float, float],
+        time_resolution: int = 0,
+    ):
         super().__init__()
         self.grid = HexPlane(
             bounds,
             time_range,
             feature_dim=config.plane_features,
             resolution=config.plane_resolution,
-            time_resolution=config.plane_time_resolution,
+            time_resolution=time_resolution or config.plane_time_resolution or 25,
             multires=config.plane_multires,
             generator=torch.Generator().manual_seed(0),
         )
@@ -295,20 +318,37 @@ class Splat4DModel(SplatModel):
     def __init__(self, config: Splat4DConfig, scene: SceneMeta):
         super().__init__(config, scene)
         self.time_range = scene.time_range or (0.0, 1.0)
-        self.deformation = DeformationField(config, scene.bounds_tensor, self.time_range)
+        self.deformation = DeformationField(
+            config, scene.bounds_tensor, self.time_range, self.time_resolution(scene)
+        )
         # The cameras `export` films from by default (the test split's), so that a run
         # exports from its checkpoint alone.
         self.register_buffer("export_camtoworlds", torch.zeros(0, 4, 4))
         self.register_buffer("export_Ks", torch.zeros(0, 3, 3))
+        # sparse control (config.control_points > 0): sampled when the warm-up ends.
+        self.register_buffer("control_means", torch.zeros(0, 3))
+        self.register_buffer("control_radii", torch.zeros(0))
 
     # -- construction -----------------------------------------------------------------
+
+    def time_resolution(self, scene: SceneMeta) -> int:
+        """The planes' time cells: the config's, or one per ``frames_per_time_cell``
+        training frames (at least 2; 25 for runs saved before frame counts were kept)."""
+        cfg = self.config
+        if cfg.plane_time_resolution > 0:
+            return cfg.plane_time_resolution
+        if scene.num_frames <= 0:
+            return 25
+        return max(2, round(scene.num_frames / cfg.frames_per_time_cell))
 
     def initialize(self, dataset: SceneDataset) -> None:
         super().initialize(dataset)
         times = dataset.times if dataset.times is not None else torch.zeros(1)
         self.deformation.set_frames(torch.unique(times.float()))
-        if self.config.fit_field_bounds and self._deform_start() == 0:
-            self._fit_field_bounds()  # no warm-up: the initial splats are all there is
+        if self._deform_start() == 0:  # no warm-up: the initial splats are all there is
+            if self.config.fit_field_bounds:
+                self._fit_field_bounds()
+            self._sample_controls()
         from snap3d.data import load
 
         try:
@@ -324,8 +364,9 @@ class Splat4DModel(SplatModel):
             if name not in state:
                 raise Snap3dError(f"checkpoint lacks {name}")
         self.deformation.set_frames(state["deformation.frame_times"])
-        self.export_camtoworlds = torch.zeros_like(state["export_camtoworlds"])
-        self.export_Ks = torch.zeros_like(state["export_Ks"])
+        for name in ("export_camtoworlds", "export_Ks", "control_means", "control_radii"):
+            if name in state:  # sized by the run (older runs have no control points)
+                setattr(self, name, torch.zeros_like(state[name]))
         super().load_checkpoint_state(state)
 
     # -- rendering --------------------------------------------------------------------
@@ -419,7 +460,12 @@ class Splat4DModel(SplatModel):
                 extra.append(torch.full_like(time, span_time))
             points = torch.cat([means, means[index].repeat(len(extra), 1)])
             times = torch.cat([times, *(t.expand(m) for t in extra)])
-        offsets = self.deformation(points, times)
+        quats = (
+            p["quats"]
+            if not motion_samples
+            else torch.cat([p["quats"], p["quats"][index].repeat(len(extra), 1)])
+        )
+        offsets = self._offsets(points, quats, times)
         for name, offset in offsets.items():
             p[name] = p[name] + offset[:n]
         if not motion_samples:
@@ -434,6 +480,61 @@ class Splat4DModel(SplatModel):
         )
         quats = torch.stack([*turned[:at], p["quats"][anchors], *turned[at:]])
         return p, (xyz, neighbors, quats)
+
+    def _offsets(self, means: Tensor, quats: Tensor, times: Tensor) -> dict[str, Tensor]:
+        """Offsets (as ``DeformationField``'s) of Gaussians with canonical ``means`` [N,3]
+        and raw ``quats`` [N,4] at ``times`` [N]: from the field at each Gaussian, or with
+        control points, blended from the controls' rigid motions."""
+        if self.config.control_points <= 0:
+            return self.deformation(means, times)
+        controls = self.control_means
+        K = controls.shape[0]
+        if K == 0:  # before the warm-up ends there are no controls: no motion
+            return {"means": torch.zeros_like(means), "quats": torch.zeros_like(quats)}
+        distinct, which = torch.unique(times, return_inverse=True)
+        out = self.deformation(controls.repeat(len(distinct), 1), distinct.repeat_interleave(K))
+        shifts = out["means"]  # [U*K,3]
+        turns = out["quats"] + quats.new_tensor([1.0, 0.0, 0.0, 0.0])
+        turns = turns / turns.norm(dim=-1, keepdim=True).clamp_min(1e-8)
+        idx, weights = self._skinning(means)  # [N,k]
+        rows = which[:, None] * K + idx  # each Gaussian's controls at its time
+        rot = quat_to_rotmat(turns)[rows]  # [N,k,3,3]
+        centre = controls[idx]
+        local = (rot @ (means[:, None] - centre)[..., None])[..., 0]
+        moved = (weights[..., None] * (local + centre + shifts[rows])).sum(1)
+        q = turns[rows]  # [N,k,4], aligned to the first so that q and -q do not cancel
+        q = q * torch.sign((q * q[:, :1]).sum(-1, keepdim=True) + 1e-12)
+        blend = (weights[..., None] * q).sum(1)
+        blend = blend / blend.norm(dim=-1, keepdim=True).clamp_min(1e-8)
+        return {"means": moved - means, "quats": quat_multiply(blend, quats) - quats}
+
+    def _skinning(self, means: Tensor) -> tuple[Tensor, Tensor]:
+        """[N,k] indices of the nearest control points and their blend weights."""
+        controls = self.control_means
+        with torch.no_grad():
+            idx = nearest_neighbors(controls, self.config.control_neighbors, queries=means)
+        d2 = ((means[:, None] - controls[idx]) ** 2).sum(-1)
+        r2 = self.control_radii[idx] ** 2
+        return idx, torch.softmax(-d2 / (2 * r2), dim=-1)
+
+    @torch.no_grad()
+    def _sample_controls(self) -> None:
+        """Control points: the farthest-point sample of the solid canonical splats, each
+        with a radius: its mean distance to the nearest other control points."""
+        K = self.config.control_points
+        if K <= 0:
+            return
+        means = self.splats["means"].detach()
+        solid = torch.sigmoid(self.splats["opacities"].detach()) > 0.1
+        pool = means[solid] if int(solid.sum()) >= K else means
+        picked = farthest_points(pool, K)
+        self.control_means = picked.clone()
+        k = min(self.config.control_neighbors, len(picked) - 1)
+        if k < 1:
+            self.control_radii = picked.new_full((len(picked),), self.scene.camera_extent)
+            return
+        near = nearest_neighbors(picked, k)
+        self.control_radii = (picked[:, None] - picked[near]).norm(dim=-1).mean(1).clamp_min(1e-6)
 
     def _sample_neighborhoods(self) -> tuple[Tensor, Tensor]:
         """Random anchor Gaussians and their canonical nearest neighbours.
@@ -602,9 +703,16 @@ class Splat4DModel(SplatModel):
     def after_step(self, step: int, output: RenderOutput, optimizers: dict) -> None:
         super().after_step(step, output, optimizers)
         cfg = self.config
-        if cfg.fit_field_bounds and step + 1 == self._deform_start():
-            # the planes span the canonical splats the warm-up made, not a generic box
-            self._fit_field_bounds()
+        if step + 1 == self._deform_start():
+            if cfg.fit_field_bounds:
+                # the planes span the canonical splats the warm-up made, not a generic box
+                self._fit_field_bounds()
+            self._sample_controls()
+        elif cfg.control_resample and step + 1 > self._deform_start():
+            sched = self._schedule()
+            refining = sched["refine_start"] < step + 1 <= sched["refine_stop"]
+            if refining and (step + 1) % cfg.refine_every == 0:
+                self._sample_controls()
         growing = step + 1 <= self._window_end()
         if cfg.hold_time and cfg.time_window < 1 and growing:
             self.deformation.grid.hold_after(self.time_limit(step + 1))
@@ -644,6 +752,7 @@ class Splat4DModel(SplatModel):
             **super().describe(),
             "time_range": list(self.time_range),
             "frames": len(self.deformation.frame_times),
+            "time_cells": self.time_resolution(self.scene),
             "deformation_parameters": sum(
                 p.numel() for p in self.deformation.parameters() if p.requires_grad
             ),
@@ -795,6 +904,35 @@ class Splat4DModel(SplatModel):
         video.save(output)
         video.write_preview(output.with_suffix(".mp4"))
         return output
+
+
+def quat_multiply(a: Tensor, b: Tensor) -> Tensor:
+    """[...,4] Hamilton product a * b of (w, x, y, z) quaternions (rotate by b, then a)."""
+    aw, ax, ay, az = a.unbind(-1)
+    bw, bx, by, bz = b.unbind(-1)
+    return torch.stack(
+        [
+            aw * bw - ax * bx - ay * by - az * bz,
+            aw * bx + ax * bw + ay * bz - az * by,
+            aw * by - ax * bz + ay * bw + az * bx,
+            aw * bz + ax * by - ay * bx + az * bw,
+        ],
+        dim=-1,
+    )
+
+
+def farthest_points(points: Tensor, k: int) -> Tensor:
+    """[min(k,N),3] a farthest-point sample of ``points`` [N,3], from the point nearest
+    their centroid (deterministic)."""
+    n = points.shape[0]
+    k = min(k, n)
+    chosen = torch.empty(k, dtype=torch.long, device=points.device)
+    chosen[0] = ((points - points.mean(0)) ** 2).sum(-1).argmin()
+    gap = ((points - points[chosen[0]]) ** 2).sum(-1)
+    for i in range(1, k):
+        chosen[i] = gap.argmax()
+        gap = torch.minimum(gap, ((points - points[chosen[i]]) ** 2).sum(-1))
+    return points[chosen]
 
 
 register_method(
