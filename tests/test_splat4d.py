@@ -124,6 +124,14 @@ def test_hold_after_continues_the_field_from_the_last_trained_time():
     field.hold_after(1.0)  # the whole range: nothing left to hold
     for grid in field.planes((3, 4, 5)):
         torch.testing.assert_close(grid[0, 0, :, 0], torch.tensor([1.0, 2, 3, 3, 3]))
+    for grid in field.planes((3, 4, 5)):  # cells 0..2 change 1, then 2, a cell
+        grid.data = torch.tensor([1.0, 2, 4, 9, 9])[None, None, :, None].expand_as(grid).clone()
+    field.hold_after(0.3, extrapolate=True)  # cells 3, 4 go on at cell 2's speed
+    for grid in field.planes((3, 4, 5)):
+        torch.testing.assert_close(grid[0, 0, :, 0], torch.tensor([1.0, 2, 4, 6, 8]))
+    field.hold_after(0.0, extrapolate=True)  # no earlier cell: a plain hold
+    for grid in field.planes((3, 4, 5)):
+        torch.testing.assert_close(grid[0, 0, :, 0], torch.tensor([1.0, 1, 1, 1, 1]))
 
 
 def test_fit_bounds_spans_the_points_with_a_margin():
@@ -493,6 +501,17 @@ def test_control_points_train_and_come_back_from_the_checkpoint(tmp_path):
     torch.testing.assert_close(loaded.control_radii, model.control_radii)
     cams = trainer.eval_data().cameras[[3, 9]]
     torch.testing.assert_close(loaded.render(cams).rgb, model.eval().render(cams).rgb)
+
+
+def test_checkpoints_from_before_control_points_still_load():
+    model = Splat4DModel(Splat4DConfig(**TINY), SCENE)
+    model.set_splats(random_splats(40))
+    model.deformation.set_frames(torch.linspace(0, 1, 3))
+    state = {k: v for k, v in model.state_dict().items() if not k.startswith("control_")}
+    loaded = Splat4DModel(Splat4DConfig(**TINY), SCENE)
+    loaded.load_checkpoint_state(state)
+    assert loaded.control_means.shape == (0, 3)
+    torch.testing.assert_close(loaded.gaussians_at(0.5)["means"], model.gaussians_at(0.5)["means"])
 
 
 def write_multiview_video(root: Path, views: int = 2, frames: int = 3, size: int = 8) -> Path:

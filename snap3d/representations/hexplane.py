@@ -125,18 +125,27 @@ class HexPlane(nn.Module):
         self.bounds = torch.stack([lo - pad, hi + pad]).to(self.bounds)
 
     @torch.no_grad()
-    def hold_after(self, t: float) -> None:
+    def hold_after(self, t: float, extrapolate: bool = False) -> None:
         """Continue the field past time ``t``: every time-plane cell later than the one
         that frames at ``t`` read last takes that cell's values, so that later times start
         from the deformation at ``t`` (a time curriculum's new frames begin where the
-        trained ones end, not at the initial, time-independent field)."""
+        trained ones end, not at the initial, time-independent field). With
+        ``extrapolate`` the later cells continue the last two cells' difference linearly
+        instead (constant velocity in the planes' values)."""
         t0, t1 = float(self.time_range[0]), float(self.time_range[1])
         for grid in self.planes(TIME_PLANES):
             cells = grid.shape[2]
             u = 0.0 if t1 <= t0 else (t - t0) / (t1 - t0) * (cells - 1)
             last = min(max(int(math.ceil(u - 1e-6)), 0), cells - 1)
-            if last + 1 < cells:
-                grid[:, :, last + 1 :, :] = grid[:, :, last : last + 1, :]
+            if last + 1 >= cells:
+                continue
+            held = grid[:, :, last : last + 1, :]
+            if extrapolate and last > 0:
+                k = torch.arange(1, cells - last, device=grid.device, dtype=grid.dtype)
+                slope = held - grid[:, :, last - 1 : last, :]
+                grid[:, :, last + 1 :, :] = held + k[:, None] * slope
+            else:
+                grid[:, :, last + 1 :, :] = held
 
     def total_variation(self) -> Tensor:
         """Mean squared difference of neighbouring cells of the spatial planes."""

@@ -105,6 +105,10 @@ class Splat4DConfig(SplatConfig):
     hold_time: bool = True
     """While the window widens, later time cells of the HexPlane copy the window's last
     one (``HexPlane.hold_after``): new frames start from the latest learned motion."""
+    hold_extrapolate: bool = False
+    """With ``hold_time``, later cells continue the latest cells' change linearly
+    (``HexPlane.hold_after``): new frames start from the latest motion carried on at
+    its speed, not stopped."""
     plane_features: int = 16
     """Channels of every HexPlane plane."""
     plane_resolution: int = 32
@@ -364,9 +368,10 @@ class Splat4DModel(SplatModel):
             if name not in state:
                 raise Snap3dError(f"checkpoint lacks {name}")
         self.deformation.set_frames(state["deformation.frame_times"])
+        # runs saved before control points existed have none (and never used them)
+        state = {"control_means": torch.zeros(0, 3), "control_radii": torch.zeros(0)} | state
         for name in ("export_camtoworlds", "export_Ks", "control_means", "control_radii"):
-            if name in state:  # sized by the run (older runs have no control points)
-                setattr(self, name, torch.zeros_like(state[name]))
+            setattr(self, name, torch.zeros_like(state[name]))  # sized by the run
         super().load_checkpoint_state(state)
 
     # -- rendering --------------------------------------------------------------------
@@ -715,7 +720,8 @@ class Splat4DModel(SplatModel):
                 self._sample_controls()
         growing = step + 1 <= self._window_end()
         if cfg.hold_time and cfg.time_window < 1 and growing:
-            self.deformation.grid.hold_after(self.time_limit(step + 1))
+            latest = self.time_limit(step + 1)
+            self.deformation.grid.hold_after(latest, extrapolate=cfg.hold_extrapolate)
 
     def _fit_field_bounds(self) -> None:
         """Span the HexPlane over the canonical splats that are not (nearly) transparent."""
