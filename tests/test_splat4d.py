@@ -342,6 +342,24 @@ def test_control_points_carry_gaussians_through_a_rigid_motion_exactly():
     torch.testing.assert_close(turned, R @ quat_to_rotmat(model.splats["quats"].detach()))
 
 
+def test_control_points_blend_scale_and_opacity_offsets_too():
+    config = TINY | {"control_points": 16, "deform_scales": True, "deform_opacity": True}
+    model = Splat4DModel(Splat4DConfig(**config), SCENE)
+    model.set_splats(random_splats(100))
+    model._sample_controls()
+
+    def uniform_field(points: Tensor, times: Tensor) -> dict[str, Tensor]:
+        n = len(points)
+        return {"means": torch.zeros(n, 3), "quats": torch.zeros(n, 4),
+                "scales": torch.full((n, 3), 0.5), "opacities": torch.full((n,), -2.0)}  # fmt: skip
+
+    model.deformation.forward = uniform_field
+    moved = model.gaussians_at(0.3)
+    torch.testing.assert_close(moved["scales"], model.splats["scales"] + 0.5)
+    torch.testing.assert_close(moved["opacities"], model.splats["opacities"] - 2.0)
+    torch.testing.assert_close(moved["means"], model.splats["means"])
+
+
 def test_without_controls_yet_nothing_moves():
     model = Splat4DModel(Splat4DConfig(**TINY | {"control_points": 8}), SCENE)
     model.set_splats(random_splats(50))

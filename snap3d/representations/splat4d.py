@@ -511,7 +511,12 @@ class Splat4DModel(SplatModel):
         q = q * torch.sign((q * q[:, :1]).sum(-1, keepdim=True) + 1e-12)
         blend = (weights[..., None] * q).sum(1)
         blend = blend / blend.norm(dim=-1, keepdim=True).clamp_min(1e-8)
-        return {"means": moved - means, "quats": quat_multiply(blend, quats) - quats}
+        offsets = {"means": moved - means, "quats": quat_multiply(blend, quats) - quats}
+        for name in ("scales", "opacities"):  # optional: blended like the motions
+            if name in out:
+                near = out[name][rows]  # [N,k,3] or [N,k]
+                offsets[name] = ((weights if near.ndim == 2 else weights[..., None]) * near).sum(1)
+        return offsets
 
     def _skinning(self, means: Tensor) -> tuple[Tensor, Tensor]:
         """[N,k] indices of the nearest control points and their blend weights."""
