@@ -14,6 +14,7 @@ from PIL import Image
 from torch import Tensor
 
 from snap3d.cameras import Cameras, look_at, quat_to_rotmat
+from snap3d.errors import Snap3dError
 from snap3d.io import SplatData
 from snap3d.io.export import export_run
 from snap3d.representations.base import SceneMeta
@@ -358,6 +359,13 @@ def test_control_points_blend_scale_and_opacity_offsets_too():
     torch.testing.assert_close(moved["scales"], model.splats["scales"] + 0.5)
     torch.testing.assert_close(moved["opacities"], model.splats["opacities"] - 2.0)
     torch.testing.assert_close(moved["means"], model.splats["means"])
+
+
+def test_bad_control_and_time_cell_settings_are_refused():
+    with pytest.raises(Snap3dError, match="frames_per_time_cell"):
+        Splat4DModel(Splat4DConfig(**TINY | {"frames_per_time_cell": 0}), SCENE)
+    with pytest.raises(Snap3dError, match="control_neighbors"):
+        Splat4DModel(Splat4DConfig(**TINY | {"control_points": 8, "control_neighbors": 0}), SCENE)
 
 
 def test_without_controls_yet_nothing_moves():
