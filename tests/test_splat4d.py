@@ -464,17 +464,23 @@ def test_config_fields_do_not_clash_with_the_trainer():
 # -- training ------------------------------------------------------------------------------
 
 
+def bundled_trainer(config: Splat4DConfig, output: Path, steps: int) -> Trainer:
+    """A set-up trainer on the bundled dynamic scene at 1/8 size (16 px)."""
+    trainer = Trainer(
+        "splat4d",
+        config,
+        TrainConfig(data=ASSETS / "dynamic", output=output, downscale=8, max_steps=steps,
+                    device="cpu", progress=False, save_every=0),
+    )  # fmt: skip
+    trainer.setup()
+    return trainer
+
+
 def test_trains_on_the_bundled_dynamic_scene_with_densification(tmp_path):
     config = Splat4DConfig(
         **TINY | {"static_fraction": 0.5, "refine_every": 2, "refine_stop_fraction": 1.0}
     )
-    trainer = Trainer(
-        "splat4d",
-        config,
-        TrainConfig(data=ASSETS / "dynamic", output=tmp_path / "run", downscale=8, max_steps=8,
-                    device="cpu", progress=False, save_every=0),
-    )  # fmt: skip
-    trainer.setup()
+    trainer = bundled_trainer(config, tmp_path / "run", steps=8)
     model = trainer.model
     assert len(model.deformation.frame_times) == 60 and len(model.export_camtoworlds) == 20
     assert model.scene.num_frames == 60
@@ -509,13 +515,7 @@ def test_trains_on_the_bundled_dynamic_scene_with_densification(tmp_path):
 
 def test_control_points_train_and_come_back_from_the_checkpoint(tmp_path):
     config = Splat4DConfig(**TINY | {"static_fraction": 0.5, "control_points": 16})
-    trainer = Trainer(
-        "splat4d",
-        config,
-        TrainConfig(data=ASSETS / "dynamic", output=tmp_path / "run", downscale=8, max_steps=6,
-                    device="cpu", progress=False, save_every=0),
-    )  # fmt: skip
-    trainer.setup()
+    trainer = bundled_trainer(config, tmp_path / "run", steps=6)
     model = trainer.model
     for step in range(6):
         assert len(model.control_means) == (16 if step >= 3 else 0)

@@ -242,8 +242,7 @@ class DeformationField(nn.Module):
         config: the model config (plane sizes, widths, what to deform).
         bounds: [2,3] scene box the planes span.
         time_range: (t0, t1) of the scene.
-        time_resolution: the planes' time cells; default ``config.plane_time_resolution``
-            (25 when that is 0, automatic: the model resolves it from the frame count).
+        time_resolution: the planes' time cells; default ``time_cells(config, 0)``.
     """
 
     def __init__(
@@ -251,7 +250,7 @@ class DeformationField(nn.Module):
         config: Splat4DConfig,
         bounds: Tensor,
         time_range: tuple[float, float],
-        time_resolution: int = 0,
+        time_resolution: int | None = None,
     ):
         super().__init__()
         self.grid = HexPlane(
@@ -259,7 +258,7 @@ class DeformationField(nn.Module):
             time_range,
             feature_dim=config.plane_features,
             resolution=config.plane_resolution,
-            time_resolution=time_resolution or config.plane_time_resolution or 25,
+            time_resolution=time_resolution or time_cells(config, 0),
             multires=config.plane_multires,
             generator=torch.Generator().manual_seed(0),
         )
@@ -350,7 +349,7 @@ class Splat4DModel(SplatModel):
         super().__init__(config, scene)
         self.time_range = scene.time_range or (0.0, 1.0)
         self.deformation = DeformationField(
-            config, scene.bounds_tensor, self.time_range, self.time_resolution(scene)
+            config, scene.bounds_tensor, self.time_range, time_cells(config, scene.num_frames)
         )
         # The cameras `export` films from by default (the test split's), so that a run
         # exports from its checkpoint alone.
@@ -361,16 +360,6 @@ class Splat4DModel(SplatModel):
         self.register_buffer("control_radii", torch.zeros(0))
 
     # -- construction -----------------------------------------------------------------
-
-    def time_resolution(self, scene: SceneMeta) -> int:
-        """The planes' time cells: the config's, or one per ``frames_per_time_cell``
-        training frames (at least 2; 25 for runs saved before frame counts were kept)."""
-        cfg = self.config
-        if cfg.plane_time_resolution > 0:
-            return cfg.plane_time_resolution
-        if scene.num_frames <= 0:
-            return 25
-        return max(2, round(scene.num_frames / cfg.frames_per_time_cell))
 
     def initialize(self, dataset: SceneDataset) -> None:
         super().initialize(dataset)
@@ -477,7 +466,7 @@ class Splat4DModel(SplatModel):
         means = p["means"]
         n = means.shape[0]
         time = torch.as_tensor(time, dtype=torch.float32, device=means.device).reshape(1)
-        points, times = means, time.expand(n)
+        source, times = torch.arange(n, device=means.device), time.expand(n)
         backward = False
         if motion_samples:
             index, neighbors = self._sample_neighborhoods()
@@ -490,19 +479,14 @@ class Splat4DModel(SplatModel):
             extra = [time - 2 * dt, time - dt] if backward else [time - dt, time + dt]
             if span_time is not None:
                 extra.append(torch.full_like(time, span_time))
-            points = torch.cat([means, means[index].repeat(len(extra), 1)])
+            source = torch.cat([source, index.repeat(len(extra))])
             times = torch.cat([times, *(t.expand(m) for t in extra)])
-        quats = (
-            p["quats"]
-            if not motion_samples
-            else torch.cat([p["quats"], p["quats"][index].repeat(len(extra), 1)])
-        )
-        offsets = self._offsets(points, quats, times)
+        offsets = self._offsets(source, times)
         for name, offset in offsets.items():
             p[name] = p[name] + offset[:n]
         if not motion_samples:
             return p, None
-        moved = (points[n:] + offsets["means"][n:]).reshape(-1, m, 3)
+        moved = (means[source[n:]] + offsets["means"][n:]).reshape(-1, m, 3)
         at = 2 if backward else 1  # where the time itself goes among the sampled times
         xyz = torch.stack([*moved[:at], p["means"][index], *moved[at:]])
         anchors = index[: neighbors.shape[0]]  # their rotations at the same times
@@ -513,22 +497,25 @@ class Splat4DModel(SplatModel):
         quats = torch.stack([*turned[:at], p["quats"][anchors], *turned[at:]])
         return p, (xyz, neighbors, quats)
 
-    def _offsets(self, means: Tensor, quats: Tensor, times: Tensor) -> dict[str, Tensor]:
-        """Offsets (as ``DeformationField``'s) of Gaussians with canonical ``means`` [N,3]
-        and raw ``quats`` [N,4] at ``times`` [N]: from the field at each Gaussian, or with
-        control points, blended from the controls' rigid motions."""
+    def _offsets(self, source: Tensor, times: Tensor) -> dict[str, Tensor]:
+        """Offsets (as ``DeformationField``'s) of the canonical Gaussians ``source`` [N]
+        (indices, repeats allowed) at ``times`` [N]: from the field at each Gaussian, or
+        with control points, blended from the controls' rigid motions."""
+        means = self.splats["means"]
         if self.config.control_points <= 0:
-            return self.deformation(means, times)
+            return self.deformation(means[source], times)
+        quats = self.splats["quats"][source]
         controls = self.control_means
         K = controls.shape[0]
         if K == 0:  # before the warm-up ends there are no controls: no motion
-            return {"means": torch.zeros_like(means), "quats": torch.zeros_like(quats)}
+            return {"means": torch.zeros_like(quats[:, :3]), "quats": torch.zeros_like(quats)}
         distinct, which = torch.unique(times, return_inverse=True)
         out = self.deformation(controls.repeat(len(distinct), 1), distinct.repeat_interleave(K))
         shifts = out["means"]  # [U*K,3]
         turns = out["quats"] + quats.new_tensor([1.0, 0.0, 0.0, 0.0])
         turns = turns / turns.norm(dim=-1, keepdim=True).clamp_min(1e-8)
-        idx, weights = self._skinning(means)  # [N,k]
+        idx, weights = self._skinning(means)  # once per Gaussian, however often sampled
+        idx, weights, means = idx[source], weights[source], means[source]  # [N,k], [N,3]
         rows = which[:, None] * K + idx  # each Gaussian's controls at its time
         rot = quat_to_rotmat(turns)[rows]  # [N,k,3,3]
         centre = controls[idx]
@@ -561,10 +548,7 @@ class Splat4DModel(SplatModel):
         K = self.config.control_points
         if K <= 0:
             return
-        means = self.splats["means"].detach()
-        solid = torch.sigmoid(self.splats["opacities"].detach()) > 0.1
-        pool = means[solid] if int(solid.sum()) >= K else means
-        picked = farthest_points(pool, K)
+        picked = farthest_points(self._solid_means(K), K)
         self.control_means = picked.clone()
         k = min(self.config.control_neighbors, len(picked) - 1)
         if k < 1:
@@ -757,9 +741,14 @@ class Splat4DModel(SplatModel):
 
     def _fit_field_bounds(self) -> None:
         """Span the HexPlane over the canonical splats that are not (nearly) transparent."""
+        self.deformation.grid.fit_bounds(self._solid_means(100))
+
+    def _solid_means(self, at_least: int) -> Tensor:
+        """Canonical means of the splats that are not (nearly) transparent; all of them
+        when fewer than ``at_least`` are."""
         means = self.splats["means"].detach()
         solid = torch.sigmoid(self.splats["opacities"].detach()) > 0.1
-        self.deformation.grid.fit_bounds(means[solid] if int(solid.sum()) >= 100 else means)
+        return means[solid] if int(solid.sum()) >= at_least else means
 
     def param_groups(self) -> dict[str, ParamGroup]:
         cfg = self.config
@@ -790,7 +779,7 @@ class Splat4DModel(SplatModel):
             **super().describe(),
             "time_range": list(self.time_range),
             "frames": len(self.deformation.frame_times),
-            "time_cells": self.time_resolution(self.scene),
+            "time_cells": time_cells(self.config, self.scene.num_frames),
             "deformation_parameters": sum(
                 p.numel() for p in self.deformation.parameters() if p.requires_grad
             ),
@@ -942,6 +931,17 @@ class Splat4DModel(SplatModel):
         video.save(output)
         video.write_preview(output.with_suffix(".mp4"))
         return output
+
+
+def time_cells(config: Splat4DConfig, num_frames: int) -> int:
+    """The planes' time cells: ``config.plane_time_resolution``, or when that is 0 one per
+    ``frames_per_time_cell`` of ``num_frames`` training frames (at least 2; 25 when the
+    frame count is unknown, as for runs saved before it was kept)."""
+    if config.plane_time_resolution > 0:
+        return config.plane_time_resolution
+    if num_frames <= 0:
+        return 25
+    return max(2, round(num_frames / config.frames_per_time_cell))
 
 
 def quat_multiply(a: Tensor, b: Tensor) -> Tensor:
