@@ -366,6 +366,99 @@ def test_bad_control_and_time_cell_settings_are_refused():
         Splat4DModel(Splat4DConfig(**TINY | {"frames_per_time_cell": 0}), SCENE)
     with pytest.raises(Snap3dError, match="control_neighbors"):
         Splat4DModel(Splat4DConfig(**TINY | {"control_points": 8, "control_neighbors": 0}), SCENE)
+    with pytest.raises(Snap3dError, match="needs control_points"):
+        Splat4DModel(Splat4DConfig(**TINY | {"control_motion": "frames"}), SCENE)
+    with pytest.raises(Snap3dError, match="deform_scales"):
+        config = {"control_points": 8, "control_motion": "frames", "deform_scales": True}
+        Splat4DModel(Splat4DConfig(**TINY | config), SCENE)
+
+
+def frames_model(controls: int = 16, frames: int = 5, **config) -> Splat4DModel:
+    """A model whose controls move by a per-frame table, over ``frames`` frames in [0, 1]."""
+    options = TINY | {"control_points": controls, "control_motion": "frames"} | config
+    model = Splat4DModel(Splat4DConfig(**options), SCENE)
+    model.set_splats(random_splats(200))
+    model.deformation.set_frames(torch.linspace(0, 1, frames))
+    model._sample_controls()
+    return model
+
+
+def rigid_table(model: Splat4DModel, q: Tensor, shift: Tensor, frame: int) -> None:
+    """Set every control's motion at ``frame`` to the rigid motion x -> R(q) x + shift."""
+    c = model.control_means
+    R = quat_to_rotmat(q)
+    field = model.deformation
+    with torch.no_grad():
+        field.control_shifts[frame] = c @ R.T + shift - c
+        field.control_turns[frame] = q - torch.tensor([1.0, 0, 0, 0])
+
+
+def test_per_frame_control_motions_are_exact_at_frames_and_linear_between():
+    model = frames_model()
+    q = axis_angle_quat([0.0, 0.0, 1.0], 40.0)
+    rigid_table(model, q, torch.tensor([0.2, 0.0, -0.1]), frame=2)  # the frame at t = 0.5
+    canonical = model.splats["means"].detach()
+    R = quat_to_rotmat(q)
+    moved = model.gaussians_at(0.5)
+    torch.testing.assert_close(
+        moved["means"].detach(), canonical @ R.T + torch.tensor([0.2, 0, -0.1])
+    )
+    turned = quat_to_rotmat(moved["quats"].detach())
+    torch.testing.assert_close(turned, R @ quat_to_rotmat(model.splats["quats"].detach()))
+    # frames 1 and 3 are still: a quarter of a frame on, a quarter of the shift
+    shifts, _ = model.deformation.control_motion(torch.tensor([0.3125]), 16)
+    torch.testing.assert_close(shifts, 0.25 * model.deformation.control_shifts[2])
+    torch.testing.assert_close(model.gaussians_at(0.25)["means"], model.splats["means"])
+
+
+def test_resampled_controls_keep_the_motion():
+    """New controls take the old ones' motions: a rigid motion stays exactly that."""
+    model = frames_model(controls=24)
+    q, shift = axis_angle_quat([1.0, -1.0, 0.5], 30.0), torch.tensor([0.0, 0.3, 0.1])
+    rigid_table(model, q, shift, frame=4)
+    before = model.gaussians_at(1.0)["means"].detach()
+    with torch.no_grad():  # the canonical splats move: the resample picks new controls
+        model.splats["means"] += 0.05 * torch.randn(
+            200, 3, generator=torch.Generator().manual_seed(3)
+        )
+    old = model.control_means.clone()
+    model._sample_controls()
+    assert not torch.equal(old, model.control_means)
+    canonical = model.splats["means"].detach()
+    torch.testing.assert_close(
+        model.gaussians_at(1.0)["means"].detach(), canonical @ quat_to_rotmat(q).T + shift
+    )
+    assert before.shape == canonical.shape
+
+
+def test_per_frame_control_motions_hold_past_the_window():
+    model = frames_model()
+    field = model.deformation
+    with torch.no_grad():
+        field.control_shifts[1] = 0.1
+        field.control_shifts[2] = 0.3
+    field.hold_after(0.5)  # frames at 0.75 and 1 copy the frame at 0.5
+    torch.testing.assert_close(
+        field.control_shifts[3:], field.control_shifts[2:3].expand(2, -1, -1)
+    )
+    field.hold_after(0.5, extrapolate=True)  # or go on at its speed: +0.2 a frame
+    torch.testing.assert_close(field.control_shifts[4, 0], torch.full((3,), 0.7))
+
+
+def test_per_frame_control_regularisers_vanish_for_rigid_motion():
+    model = frames_model(control_arap_weight=1.0, control_smoothness_weight=1.0)
+    q = axis_angle_quat([0.0, 1.0, 1.0], 25.0)
+    for frame in range(5):  # turned, then sliding at constant speed: rigid and smooth
+        rigid_table(model, q, torch.tensor([0.1, 0.0, 0.0]) * frame, frame)
+    losses = {k: float(v) for k, v in model._control_regularisers(None).items()}
+    assert set(losses) == {"control_rigidity", "control_arap", "control_smoothness"}
+    assert max(losses.values()) < 1e-10
+    with torch.no_grad():
+        model.deformation.control_shifts[2, 0] += 0.1  # one control off its path
+    bent = model._control_regularisers(None)
+    assert all(float(bent[k]) > 1e-6 for k in losses)
+    # only the frames trained so far count: the bend at 0.5 is past a window up to 0.25
+    assert float(model._control_regularisers(0.25)["control_rigidity"]) < 1e-10
 
 
 def test_without_controls_yet_nothing_moves():
@@ -513,14 +606,21 @@ def test_trains_on_the_bundled_dynamic_scene_with_densification(tmp_path):
     assert out.with_suffix(".mp4").is_file()
 
 
-def test_control_points_train_and_come_back_from_the_checkpoint(tmp_path):
-    config = Splat4DConfig(**TINY | {"static_fraction": 0.5, "control_points": 16})
-    trainer = bundled_trainer(config, tmp_path / "run", steps=6)
+@pytest.mark.parametrize("motion", ["field", "frames"])
+def test_control_points_train_and_come_back_from_the_checkpoint(tmp_path, motion):
+    options = {"static_fraction": 0.5, "control_points": 16, "control_motion": motion}
+    trainer = bundled_trainer(Splat4DConfig(**TINY | options), tmp_path / "run", steps=6)
     model = trainer.model
     for step in range(6):
         assert len(model.control_means) == (16 if step >= 3 else 0)
         trainer.train_step()
-    assert any(p.detach().abs().max() > 0 for p in model.deformation.heads.parameters())
+    field = model.deformation
+    if motion == "field":
+        assert any(p.detach().abs().max() > 0 for p in field.heads.parameters())
+    else:  # the table moved; the planes and heads are not trained at all
+        assert field.control_shifts.shape == (len(field.frame_times), 16, 3)
+        assert float(field.control_shifts.detach().abs().max()) > 0
+        assert all(p.detach().abs().max() == 0 for p in field.heads.parameters())
     trainer.save()
     loaded, _, _ = load_model(tmp_path / "run")
     torch.testing.assert_close(loaded.control_means, model.control_means)
@@ -533,7 +633,8 @@ def test_checkpoints_from_before_control_points_still_load():
     model = Splat4DModel(Splat4DConfig(**TINY), SCENE)
     model.set_splats(random_splats(40))
     model.deformation.set_frames(torch.linspace(0, 1, 3))
-    state = {k: v for k, v in model.state_dict().items() if not k.startswith("control_")}
+    old = ("control_", "deformation.control_")
+    state = {k: v for k, v in model.state_dict().items() if not k.startswith(old)}
     loaded = Splat4DModel(Splat4DConfig(**TINY), SCENE)
     loaded.load_checkpoint_state(state)
     assert loaded.control_means.shape == (0, 3)

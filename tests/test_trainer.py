@@ -231,6 +231,8 @@ def test_learning_rate_schedule():
     assert g.lr_at(100, 100) == pytest.approx(1e-4)
     w = ParamGroup([], lr=1.0, warmup_steps=4)
     assert [w.lr_at(s, 10) for s in range(5)] == [0.25, 0.5, 0.75, 1.0, 1.0]
+    # a learning rate of 0 freezes its group (a decay from 0 once divided by zero)
+    assert ParamGroup([], lr=0.0, lr_final=0.0).lr_at(30, 100) == 0.0
 
 
 def test_background_parsing():

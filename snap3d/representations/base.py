@@ -114,7 +114,7 @@ class ParamGroup:
 
     def lr_at(self, step: int, max_steps: int) -> float:
         lr = self.lr
-        if self.lr_final is not None and max_steps > 0:
+        if self.lr_final is not None and max_steps > 0 and lr > 0:  # lr 0 freezes the group
             frac = min(max(step / max_steps, 0.0), 1.0)
             lr = self.lr * (self.lr_final / self.lr) ** frac
         if self.warmup_steps > 0 and step < self.warmup_steps:

@@ -83,6 +83,10 @@ class SplatConfig:
     """L1 on opacities (MCMC uses 0.01)."""
     scale_reg: float = 0.0
     """L1 on scales (MCMC uses 0.01)."""
+    alpha_weight: float = 0.0
+    """L1 between the rendered opacity and the images' alpha channel (RGBA data only; 0:
+    off). A random background already asks for the right opacity, but only as far as the
+    background's colour differs from the surface's."""
 
     def resolve_schedule(self, device: torch.device | str) -> str:
         if self.schedule != "auto":
@@ -306,6 +310,9 @@ class SplatModel(SceneModel):
             "l1": (1 - w) * (pred - target).abs().mean(),
             "dssim": w * ssim_loss(pred, target),
         }
+        if self.config.alpha_weight > 0 and batch.get("alpha") is not None:
+            alpha_error = (output.alpha - batch["alpha"]).abs().mean()
+            losses["alpha"] = self.config.alpha_weight * alpha_error
         if self.config.opacity_reg > 0:
             losses["opacity_reg"] = (
                 self.config.opacity_reg * torch.sigmoid(self.splats["opacities"]).mean()

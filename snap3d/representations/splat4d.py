@@ -164,6 +164,29 @@ class Splat4DConfig(SplatConfig):
     4.80, 25.43 / 5.13 against 25.02 / 5.16, 25.19 / 5.98, 25.43 / 5.05. Controls
     sampled once, at the end of the warm-up, did worse (23.5 dB, 6.9-10%): see
     ``control_resample``."""
+    control_motion: Literal["field", "frames"] = "field"
+    """Where the control points' rigid motions come from: ``field`` reads them from the
+    HexPlane field at the controls' positions; ``frames`` keeps a free motion per
+    control and training frame (linear in time between frames), which a frame's
+    photometric gradient moves directly, with its own regularisers (``control_rigidity_weight``,
+    ``control_smoothness_weight``) instead of the planes'. When the controls are sampled
+    again, the new ones take the motions blended from the old ones."""
+    control_shift_lr: float = 1e-3
+    """Learning rate of the per-frame control translations (times the camera extent),
+    decayed 10x over the run."""
+    control_turn_lr: float = 1e-2
+    """Learning rate of the per-frame control rotations (quaternion offsets), decayed
+    10x."""
+    control_rigidity_weight: float = 100.0
+    """Per-frame control motions: squared change of the distances between neighbouring
+    controls, over every frame trained so far, against the canonical distances."""
+    control_arap_weight: float = 0.0
+    """Per-frame control motions: as-rigid-as-possible between neighbouring controls, in
+    each control's own frame (the offsets to its neighbours turn with its rotation), over
+    the frames trained so far. Ties the controls' rotations to the motion around them."""
+    control_smoothness_weight: float = 100.0
+    """Per-frame control motions: squared second difference over frames of the controls'
+    positions and quaternion offsets, over the frames trained so far."""
     control_neighbors: int = 4
     control_resample: bool = True
     """Sample the control points afresh from the canonical splats after every
@@ -282,22 +305,69 @@ class DeformationField(nn.Module):
         self.heads = nn.ModuleDict({name: _head(width, n) for name, n in outputs.items()})
         self.frame_codes = nn.Parameter(torch.zeros(0, config.frame_code_dim))
         self.register_buffer("frame_times", torch.zeros(0))
+        # control_motion "frames": each control's own rigid motion at each frame, a
+        # translation [F,K,3] and a quaternion offset from the identity [F,K,4].
+        self.table_controls = config.control_points if config.control_motion == "frames" else 0
+        self.control_shifts = nn.Parameter(torch.zeros(0, self.table_controls, 3))
+        self.control_turns = nn.Parameter(torch.zeros(0, self.table_controls, 4))
 
     def set_frames(self, times: Tensor) -> None:
-        """Give the field one (zero) code per frame time [F] (sorted, distinct)."""
+        """Give the field one (zero) code, and with per-frame control motions one
+        (identity) motion per control, per frame time [F] (sorted, distinct)."""
         self.frame_times = times.to(self.frame_times)
-        dim = self.frame_codes.shape[1]
-        self.frame_codes = nn.Parameter(self.frame_codes.new_zeros(len(times), dim))
+        dim, F, K = self.frame_codes.shape[1], len(times), self.table_controls
+        self.frame_codes = nn.Parameter(self.frame_codes.new_zeros(F, dim))
+        self.control_shifts = nn.Parameter(self.control_shifts.new_zeros(F, K, 3))
+        self.control_turns = nn.Parameter(self.control_turns.new_zeros(F, K, 4))
 
-    def frame_code(self, times: Tensor) -> Tensor:
-        """[N,D] codes at times [N]: linear between the codes of the nearest frames."""
-        frames, codes = self.frame_times, self.frame_codes
+    def _between_frames(self, times: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """For times [N]: the frames before and after ([N] indices) and the weight [N,1]
+        of the later one (clamped to the first and last frames)."""
+        frames = self.frame_times
         if len(frames) == 1:
-            return codes[:1].expand(len(times), -1)
+            zero = torch.zeros(len(times), dtype=torch.long, device=times.device)
+            return zero, zero, times.new_zeros(len(times), 1)
         hi = torch.searchsorted(frames, times.contiguous()).clamp(1, len(frames) - 1)
         lo = hi - 1
         w = ((times - frames[lo]) / (frames[hi] - frames[lo])).clamp(0, 1)[:, None]
-        return codes[lo] * (1 - w) + codes[hi] * w
+        return lo, hi, w
+
+    def frame_code(self, times: Tensor) -> Tensor:
+        """[N,D] codes at times [N]: linear between the codes of the nearest frames."""
+        lo, hi, w = self._between_frames(times)
+        return self.frame_codes[lo] * (1 - w) + self.frame_codes[hi] * w
+
+    def control_motion(self, times: Tensor, count: int) -> tuple[Tensor, Tensor]:
+        """The first ``count`` controls' per-frame rigid motions at times [U]: shifts
+        [U*count,3] and quaternion offsets [U*count,4] (as the field's heads give them),
+        linear in time between frames."""
+        lo, hi, w = self._between_frames(times)
+        w = w[:, :, None]
+        shifts = self.control_shifts[:, :count]
+        turns = self.control_turns[:, :count]
+        shift = shifts[lo] * (1 - w) + shifts[hi] * w
+        turn = turns[lo] * (1 - w) + turns[hi] * w
+        return shift.reshape(-1, 3), turn.reshape(-1, 4)
+
+    @torch.no_grad()
+    def hold_after(self, t: float, extrapolate: bool = False) -> None:
+        """Continue the motion past time ``t`` (a time curriculum's window): the planes'
+        later time cells (``HexPlane.hold_after``) and the per-frame control motions of
+        later frames copy the latest ones, or with ``extrapolate`` continue their last
+        change linearly."""
+        self.grid.hold_after(t, extrapolate)
+        if self.table_controls == 0 or len(self.frame_times) < 2:
+            return
+        last = int((self.frame_times <= t + 1e-6).sum()) - 1
+        if last < 0 or last + 1 >= len(self.frame_times):
+            return
+        for table in (self.control_shifts, self.control_turns):
+            held = table[last : last + 1]
+            if extrapolate and last > 0:
+                k = torch.arange(1, len(table) - last, device=table.device, dtype=table.dtype)
+                table[last + 1 :] = held + k[:, None, None] * (held - table[last - 1 : last])
+            else:
+                table[last + 1 :] = held
 
     def forward(self, means: Tensor, times: Tensor) -> dict[str, Tensor]:
         """Offsets of the Gaussians with canonical ``means`` [N,3] at ``times`` [N].
@@ -342,6 +412,13 @@ class Splat4DModel(SplatModel):
             raise Snap3dError(
                 f"frames_per_time_cell must be positive, not {config.frames_per_time_cell}"
             )
+        if config.control_motion == "frames" and config.control_points <= 0:
+            raise Snap3dError("control_motion 'frames' needs control_points > 0")
+        if config.control_motion == "frames" and (config.deform_scales or config.deform_opacity):
+            raise Snap3dError(
+                "control_motion 'frames' moves controls rigidly; deform_scales and "
+                "deform_opacity need control_motion 'field'"
+            )
         if config.control_points > 0 and config.control_neighbors < 1:
             raise Snap3dError(
                 f"control_neighbors must be at least 1, not {config.control_neighbors}"
@@ -384,8 +461,15 @@ class Splat4DModel(SplatModel):
             if name not in state:
                 raise Snap3dError(f"checkpoint lacks {name}")
         self.deformation.set_frames(state["deformation.frame_times"])
-        # runs saved before control points existed have none (and never used them)
-        state = {"control_means": torch.zeros(0, 3), "control_radii": torch.zeros(0)} | state
+        # runs saved before control points (or their per-frame motions) existed have none
+        # (and never used them)
+        field = self.deformation
+        state = {
+            "control_means": torch.zeros(0, 3),
+            "control_radii": torch.zeros(0),
+            "deformation.control_shifts": torch.zeros_like(field.control_shifts),
+            "deformation.control_turns": torch.zeros_like(field.control_turns),
+        } | state
         for name in ("export_camtoworlds", "export_Ks", "control_means", "control_radii"):
             setattr(self, name, torch.zeros_like(state[name]))  # sized by the run
         super().load_checkpoint_state(state)
@@ -504,18 +588,33 @@ class Splat4DModel(SplatModel):
         means = self.splats["means"]
         if self.config.control_points <= 0:
             return self.deformation(means[source], times)
-        quats = self.splats["quats"][source]
+        return self._skin(means, self.splats["quats"], source, times)
+
+    def _control_offsets(self, times: Tensor) -> dict[str, Tensor]:
+        """The controls' rigid motions at times [U], as offsets [U*K,...] (control-major
+        within each time): from the field at the controls or from the per-frame table."""
         controls = self.control_means
         K = controls.shape[0]
+        if self.config.control_motion == "frames":
+            shifts, turns = self.deformation.control_motion(times, K)
+            return {"means": shifts, "quats": turns}
+        return self.deformation(controls.repeat(len(times), 1), times.repeat_interleave(K))
+
+    def _skin(self, points: Tensor, quats: Tensor, source: Tensor, times: Tensor):
+        """Offsets of ``points`` [P,3] with rotations ``quats`` [P,4], gathered by
+        ``source`` [N] at ``times`` [N]: the blend of their nearest controls' motions."""
+        controls = self.control_means
+        K = controls.shape[0]
+        quats = quats[source]
         if K == 0:  # before the warm-up ends there are no controls: no motion
             return {"means": torch.zeros_like(quats[:, :3]), "quats": torch.zeros_like(quats)}
         distinct, which = torch.unique(times, return_inverse=True)
-        out = self.deformation(controls.repeat(len(distinct), 1), distinct.repeat_interleave(K))
+        out = self._control_offsets(distinct)
         shifts = out["means"]  # [U*K,3]
         turns = out["quats"] + quats.new_tensor([1.0, 0.0, 0.0, 0.0])
         turns = turns / turns.norm(dim=-1, keepdim=True).clamp_min(1e-8)
-        idx, weights = self._skinning(means)  # once per Gaussian, however often sampled
-        idx, weights, means = idx[source], weights[source], means[source]  # [N,k], [N,3]
+        idx, weights = self._skinning(points)  # once per point, however often sampled
+        idx, weights, means = idx[source], weights[source], points[source]  # [N,k], [N,3]
         rows = which[:, None] * K + idx  # each Gaussian's controls at its time
         rot = quat_to_rotmat(turns)[rows]  # [N,k,3,3]
         centre = controls[idx]
@@ -549,6 +648,15 @@ class Splat4DModel(SplatModel):
         if K <= 0:
             return
         picked = farthest_points(self._solid_means(K), K)
+        field = self.deformation
+        if field.table_controls and len(self.control_means) and len(field.frame_times):
+            # the new controls take the motions the old ones give their positions
+            F, P = len(field.frame_times), len(picked)
+            source = torch.arange(P, device=picked.device).repeat(F)
+            identity = picked.new_tensor([1.0, 0.0, 0.0, 0.0]).expand(P, 4)
+            moved = self._skin(picked, identity, source, field.frame_times.repeat_interleave(P))
+            field.control_shifts[:, :P] = moved["means"].reshape(F, P, 3)
+            field.control_turns[:, :P] = moved["quats"].reshape(F, P, 4)
         self.control_means = picked.clone()
         k = min(self.config.control_neighbors, len(picked) - 1)
         if k < 1:
@@ -702,9 +810,14 @@ class Splat4DModel(SplatModel):
             "time_smoothness": cfg.time_smoothness_weight,
             "time_l1": cfg.time_l1_weight,
         }
-        for name, value in self.deformation.regularisers().items():
-            if weights[name] > 0:
-                losses[name] = weights[name] * value
+        if cfg.control_motion == "frames":
+            latest = self.time_limit(batch["step"]) if cfg.time_window < 1 else None
+            for name, value in self._control_regularisers(latest).items():
+                losses[name] = value
+        else:  # the planes move things: keep them smooth
+            for name, value in self.deformation.regularisers().items():
+                if weights[name] > 0:
+                    losses[name] = weights[name] * value
         offsets = output.extras.get("position_offsets")
         if cfg.offset_weight > 0 and offsets is not None:
             losses["offset"] = cfg.offset_weight * offsets.abs().mean() / self.scene.camera_extent
@@ -721,6 +834,38 @@ class Splat4DModel(SplatModel):
                 losses["motion_smoothness"] = cfg.motion_smoothness_weight * smooth
         return losses
 
+    def _control_regularisers(self, latest: float | None) -> dict[str, Tensor]:
+        """Weighted regularisers of the per-frame control motions over the frames up to
+        ``latest`` (all when None): the later ones are copies while a curriculum widens."""
+        cfg = self.config
+        field = self.deformation
+        K = len(self.control_means)
+        if K < 2:
+            return {}
+        frames = len(field.frame_times)
+        if latest is not None:
+            frames = max(1, int((field.frame_times <= latest + 1e-6).sum()))
+        positions = self.control_means + field.control_shifts[:frames, :K]  # [F,K,3]
+        out = {}
+        if cfg.control_rigidity_weight > 0:
+            near = nearest_neighbors(self.control_means, cfg.control_neighbors)
+            xyz = torch.cat([self.control_means[None], positions])
+            out["control_rigidity"] = cfg.control_rigidity_weight * rigidity_loss(xyz, near)
+        if cfg.control_arap_weight > 0:
+            near = nearest_neighbors(self.control_means, cfg.control_neighbors)
+            turns = field.control_turns[:frames, :K] + positions.new_tensor([1.0, 0, 0, 0])
+            identity = torch.eye(3, device=positions.device).expand(1, K, 3, 3)
+            rotations = torch.cat(
+                [identity, quat_to_rotmat(turns / turns.norm(dim=-1, keepdim=True))]
+            )
+            xyz = torch.cat([self.control_means[None], positions])
+            arap = rotation_rigidity_loss(xyz, rotations, near)
+            out["control_arap"] = cfg.control_arap_weight * arap
+        if cfg.control_smoothness_weight > 0 and frames >= 3:
+            path = torch.cat([positions, field.control_turns[:frames, :K]], dim=-1)
+            out["control_smoothness"] = cfg.control_smoothness_weight * smoothness_loss(path)
+        return out
+
     def after_step(self, step: int, output: RenderOutput, optimizers: dict) -> None:
         super().after_step(step, output, optimizers)
         cfg = self.config
@@ -734,10 +879,13 @@ class Splat4DModel(SplatModel):
             refining = sched["refine_start"] < step + 1 <= sched["refine_stop"]
             if refining and (step + 1) % cfg.refine_every == 0:
                 self._sample_controls()
+                for name in ("control_shifts", "control_turns"):  # moments of old controls
+                    if name in optimizers:
+                        optimizers[name].state.clear()
         growing = step + 1 <= self._window_end()
         if cfg.hold_time and cfg.time_window < 1 and growing:
             latest = self.time_limit(step + 1)
-            self.deformation.grid.hold_after(latest, extrapolate=cfg.hold_extrapolate)
+            self.deformation.hold_after(latest, extrapolate=cfg.hold_extrapolate)
 
     def _fit_field_bounds(self) -> None:
         """Span the HexPlane over the canonical splats that are not (nearly) transparent."""
@@ -754,6 +902,15 @@ class Splat4DModel(SplatModel):
         cfg = self.config
         groups = super().param_groups()
         field = self.deformation
+        if cfg.control_motion == "frames":  # the table moves the controls; no planes
+            shift_lr = cfg.control_shift_lr * self.scene.camera_extent
+            groups["control_shifts"] = ParamGroup(
+                [field.control_shifts], shift_lr, lr_final=shift_lr * 0.1
+            )
+            groups["control_turns"] = ParamGroup(
+                [field.control_turns], cfg.control_turn_lr, lr_final=cfg.control_turn_lr * 0.1
+            )
+            return groups
         lr = cfg.deform_lr * self.scene.camera_extent
         groups["deformation_grid"] = ParamGroup(
             list(field.grid.parameters()), cfg.grid_lr, lr_final=cfg.grid_lr * 0.1
