@@ -86,7 +86,9 @@ class SplatConfig:
     alpha_weight: float = 0.0
     """L1 between the rendered opacity and the images' alpha channel (RGBA data only; 0:
     off). A random background already asks for the right opacity, but only as far as the
-    background's colour differs from the surface's."""
+    background's colour differs from the surface's. splat4d on the bundled dynamic scene
+    (5000 steps, seed 0), 1.0 against 0: 25.10 against 24.67 dB test PSNR, but a
+    trajectory error of 6.1% against 5.0% of the radius."""
 
     def resolve_schedule(self, device: torch.device | str) -> str:
         if self.schedule != "auto":
