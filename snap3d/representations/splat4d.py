@@ -181,7 +181,8 @@ class Splat4DConfig(SplatConfig):
     ``hold_extrapolate``) against 24.7 / 5.0% for the defaults. With one view per frame
     each frame's free motions fit that view: the static disc's controls drift (its error
     4-6% against 1.8%) and far views at late times shatter it. 10x the rigidity and
-    100x the smoothness made it worse (20.0-20.3 dB, 11%). Off by default."""
+    100x the smoothness made it worse (20.0-20.3 dB, 11%), and so did 10x the rigidity
+    with ``control_arap_weight`` 100 (19.0 dB, 11%). Off by default."""
     control_shift_lr: float = 1e-3
     """Learning rate of the per-frame control translations (times the camera extent),
     decayed 10x over the run."""
