@@ -139,13 +139,7 @@ class HexPlane(nn.Module):
             last = min(max(int(math.ceil(u - 1e-6)), 0), cells - 1)
             if last + 1 >= cells:
                 continue
-            held = grid[:, :, last : last + 1, :]
-            if extrapolate and last > 0:
-                k = torch.arange(1, cells - last, device=grid.device, dtype=grid.dtype)
-                slope = held - grid[:, :, last - 1 : last, :]
-                grid[:, :, last + 1 :, :] = held + k[:, None] * slope
-            else:
-                grid[:, :, last + 1 :, :] = held
+            hold_rows(grid[0].transpose(0, 1), last, extrapolate)  # [T,C,W], a view
 
     def total_variation(self) -> Tensor:
         """Mean squared difference of neighbouring cells of the spatial planes."""
@@ -158,6 +152,20 @@ class HexPlane(nn.Module):
     def time_l1(self) -> Tensor:
         """Mean |1 - value| of the time planes: zero while the field ignores time."""
         return torch.stack([(1 - g).abs().mean() for g in self.planes(TIME_PLANES)]).mean()
+
+
+@torch.no_grad()
+def hold_rows(values: Tensor, last: int, extrapolate: bool = False) -> None:
+    """In place: the rows of ``values`` [R,...] after row ``last`` copy it, or with
+    ``extrapolate`` (and an earlier row) continue the change from row ``last - 1``
+    linearly."""
+    held = values[last : last + 1]
+    if extrapolate and last > 0:
+        k = torch.arange(1, len(values) - last, device=values.device, dtype=values.dtype)
+        step = held - values[last - 1 : last]
+        values[last + 1 :] = held + k.reshape(-1, *[1] * (values.dim() - 1)) * step
+    else:
+        values[last + 1 :] = held
 
 
 def sample_plane(grid: Tensor, uv: Tensor) -> Tensor:

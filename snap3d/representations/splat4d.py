@@ -42,7 +42,7 @@ from snap3d.data.dataset import SceneDataset
 from snap3d.errors import Snap3dError
 from snap3d.render import rasterize_gaussians
 from snap3d.representations.base import ParamGroup, RenderOutput, SceneMeta, image_batch
-from snap3d.representations.hexplane import HexPlane
+from snap3d.representations.hexplane import HexPlane, hold_rows
 from snap3d.representations.splat import SplatConfig, SplatModel
 from snap3d.representations.trajectory import (
     PointTrajectoryVideo,
@@ -370,16 +370,15 @@ class DeformationField(nn.Module):
         self.grid.hold_after(t, extrapolate)
         if self.table_controls == 0 or len(self.frame_times) < 2:
             return
-        last = int((self.frame_times <= t + 1e-6).sum()) - 1
+        last = self.frames_until(t) - 1
         if last < 0 or last + 1 >= len(self.frame_times):
             return
         for table in (self.control_shifts, self.control_turns):
-            held = table[last : last + 1]
-            if extrapolate and last > 0:
-                k = torch.arange(1, len(table) - last, device=table.device, dtype=table.dtype)
-                table[last + 1 :] = held + k[:, None, None] * (held - table[last - 1 : last])
-            else:
-                table[last + 1 :] = held
+            hold_rows(table, last, extrapolate)
+
+    def frames_until(self, t: float) -> int:
+        """How many frames lie at or before time ``t``."""
+        return int((self.frame_times <= t + 1e-6).sum())
 
     def forward(self, means: Tensor, times: Tensor) -> dict[str, Tensor]:
         """Offsets of the Gaussians with canonical ``means`` [N,3] at ``times`` [N].
@@ -817,16 +816,15 @@ class Splat4DModel(SplatModel):
         if not self.deforms_at(batch.get("step")):
             return losses
         cfg = self.config
-        weights = {
-            "plane_tv": cfg.plane_tv_weight,
-            "time_smoothness": cfg.time_smoothness_weight,
-            "time_l1": cfg.time_l1_weight,
-        }
         if cfg.control_motion == "frames":
             latest = self.time_limit(batch["step"]) if cfg.time_window < 1 else None
-            for name, value in self._control_regularisers(latest).items():
-                losses[name] = value
+            losses.update(self._control_regularisers(latest))
         else:  # the planes move things: keep them smooth
+            weights = {
+                "plane_tv": cfg.plane_tv_weight,
+                "time_smoothness": cfg.time_smoothness_weight,
+                "time_l1": cfg.time_l1_weight,
+            }
             for name, value in self.deformation.regularisers().items():
                 if weights[name] > 0:
                     losses[name] = weights[name] * value
@@ -856,21 +854,19 @@ class Splat4DModel(SplatModel):
             return {}
         frames = len(field.frame_times)
         if latest is not None:
-            frames = max(1, int((field.frame_times <= latest + 1e-6).sum()))
+            frames = max(1, field.frames_until(latest))
         positions = self.control_means + field.control_shifts[:frames, :K]  # [F,K,3]
+        xyz = torch.cat([self.control_means[None], positions])  # the canonical first
+        near = nearest_neighbors(self.control_means, cfg.control_neighbors)
         out = {}
         if cfg.control_rigidity_weight > 0:
-            near = nearest_neighbors(self.control_means, cfg.control_neighbors)
-            xyz = torch.cat([self.control_means[None], positions])
             out["control_rigidity"] = cfg.control_rigidity_weight * rigidity_loss(xyz, near)
         if cfg.control_arap_weight > 0:
-            near = nearest_neighbors(self.control_means, cfg.control_neighbors)
             turns = field.control_turns[:frames, :K] + positions.new_tensor([1.0, 0, 0, 0])
             identity = torch.eye(3, device=positions.device).expand(1, K, 3, 3)
             rotations = torch.cat(
                 [identity, quat_to_rotmat(turns / turns.norm(dim=-1, keepdim=True))]
             )
-            xyz = torch.cat([self.control_means[None], positions])
             arap = rotation_rigidity_loss(xyz, rotations, near)
             out["control_arap"] = cfg.control_arap_weight * arap
         if cfg.control_smoothness_weight > 0 and frames >= 3:
