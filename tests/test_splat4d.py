@@ -25,6 +25,7 @@ from snap3d.representations.splat4d import (
     Splat4DConfig,
     Splat4DModel,
     farthest_points,
+    kmeans,
     quat_multiply,
 )
 from snap3d.representations.trajectory import PointTrajectoryVideo
@@ -371,6 +372,12 @@ def test_bad_control_and_time_cell_settings_are_refused():
     with pytest.raises(Snap3dError, match="deform_scales"):
         config = {"control_points": 8, "control_motion": "frames", "deform_scales": True}
         Splat4DModel(Splat4DConfig(**TINY | config), SCENE)
+    with pytest.raises(Snap3dError, match="deform_opacity"):
+        config = {"control_points": 8, "control_motion": "bases", "deform_opacity": True}
+        Splat4DModel(Splat4DConfig(**TINY | config), SCENE)
+    with pytest.raises(Snap3dError, match="motion_bases"):
+        config = {"control_points": 8, "control_motion": "bases", "motion_bases": 0}
+        Splat4DModel(Splat4DConfig(**TINY | config), SCENE)
 
 
 def frames_model(controls: int = 16, frames: int = 5, **config) -> Splat4DModel:
@@ -406,7 +413,7 @@ def test_per_frame_control_motions_are_exact_at_frames_and_linear_between():
     turned = quat_to_rotmat(moved["quats"].detach())
     torch.testing.assert_close(turned, R @ quat_to_rotmat(model.splats["quats"].detach()))
     # frames 1 and 3 are still: a quarter of a frame on, a quarter of the shift
-    shifts, _ = model.deformation.control_motion(torch.tensor([0.3125]), 16)
+    shifts, _ = model.deformation.control_motion(torch.tensor([0.3125]), model.control_means)
     torch.testing.assert_close(shifts, 0.25 * model.deformation.control_shifts[2])
     torch.testing.assert_close(model.gaussians_at(0.25)["means"], model.splats["means"])
 
@@ -459,6 +466,84 @@ def test_per_frame_control_regularisers_vanish_for_rigid_motion():
     assert all(float(bent[k]) > 1e-6 for k in losses)
     # only the frames trained so far count: the bend at 0.5 is past a window up to 0.25
     assert float(model._control_regularisers(0.25)["control_rigidity"]) < 1e-10
+
+
+def bases_model(bases: int = 3, controls: int = 24, frames: int = 5, **config) -> Splat4DModel:
+    """A model whose controls move by ``bases`` motion bases over ``frames`` frames."""
+    options = {"control_motion": "bases", "motion_bases": bases} | config
+    return frames_model(controls, frames, **options)
+
+
+def rigid_bases(model: Splat4DModel, q: Tensor, shift: Tensor, frame: int, bases=None) -> None:
+    """Set the motion of ``bases`` (all by default) at ``frame`` to x -> R(q) x + shift."""
+    field = model.deformation
+    p = field.basis_pivots
+    which = slice(None) if bases is None else bases
+    with torch.no_grad():
+        field.control_shifts[frame, which] = (p @ quat_to_rotmat(q).T + shift - p)[which]
+        field.control_turns[frame, which] = q - torch.tensor([1.0, 0, 0, 0])
+
+
+def test_motion_bases_start_at_the_controls_cluster_centres():
+    model = bases_model(bases=4)
+    field, controls = model.deformation, model.control_means
+    assert field.basis_pivots.shape == (4, 3) and field.basis_logits.shape == (24, 4)
+    # k-means: each pivot is the mean of the controls nearest to it
+    label = torch.cdist(controls, field.basis_pivots).argmin(1)
+    for b in range(4):
+        torch.testing.assert_close(field.basis_pivots[b], controls[label == b].mean(0))
+    # and each control weighs its own cluster's basis most
+    assert torch.equal(field.basis_logits.argmax(1), label)
+
+
+def test_kmeans_finds_separated_clusters():
+    g = torch.Generator().manual_seed(0)
+    truth = torch.tensor([[0.0, 0, 0], [5.0, 0, 0], [0.0, 5, 0]])
+    points = (truth[:, None] + 0.1 * torch.randn(3, 50, 3, generator=g)).reshape(-1, 3)
+    found = kmeans(points, 3)
+    nearest = torch.cdist(found, truth).argmin(1)
+    assert sorted(nearest.tolist()) == [0, 1, 2]
+    torch.testing.assert_close(found, points.reshape(3, 50, 3).mean(1)[nearest])
+
+
+def test_motion_bases_move_rigidly_and_blend_by_the_weights():
+    model = bases_model()
+    q, shift = axis_angle_quat([1.0, 0.0, 1.0], 35.0), torch.tensor([0.1, -0.2, 0.0])
+    rigid_bases(model, q, shift, frame=3)  # every basis alike: the whole scene is rigid
+    canonical = model.splats["means"].detach()
+    moved = model.gaussians_at(0.75)
+    torch.testing.assert_close(moved["means"].detach(), canonical @ quat_to_rotmat(q).T + shift)
+    turned = quat_to_rotmat(moved["quats"].detach())
+    torch.testing.assert_close(turned, quat_to_rotmat(q) @ quat_to_rotmat(model.splats["quats"]))
+    # one basis slides alone: a control moves by its weight on it
+    other = bases_model()
+    rigid_bases(other, torch.tensor([1.0, 0, 0, 0]), torch.tensor([0.0, 0.0, 0.4]), 1, bases=0)
+    controls = other.control_means
+    shifts, turns = other.deformation.control_motion(torch.tensor([0.25]), controls)
+    weight = torch.softmax(other.deformation.basis_logits, -1)[:, 0]
+    torch.testing.assert_close(shifts[:, 2], 0.4 * weight)
+    torch.testing.assert_close(shifts[:, :2], torch.zeros(24, 2))
+    torch.testing.assert_close(turns, torch.zeros(24, 4))
+
+
+def test_resampled_controls_keep_the_bases_motion():
+    model = bases_model()
+    q, shift = axis_angle_quat([0.0, 1.0, 0.0], 50.0), torch.tensor([0.2, 0.0, 0.1])
+    rigid_bases(model, q, shift, frame=4, bases=1)
+    with torch.no_grad():  # every control on basis 1 alone
+        model.deformation.basis_logits[:] = torch.tensor([-30.0, 0.0, -30.0])
+        model.splats["means"] += 0.05 * torch.randn(
+            200, 3, generator=torch.Generator().manual_seed(3)
+        )
+    old = model.control_means.clone()
+    model._sample_controls()
+    assert not torch.equal(old, model.control_means)
+    weights = torch.softmax(model.deformation.basis_logits, -1)
+    torch.testing.assert_close(weights[:, 1], torch.ones(24), atol=1e-6, rtol=0)
+    canonical = model.splats["means"].detach()
+    torch.testing.assert_close(
+        model.gaussians_at(1.0)["means"].detach(), canonical @ quat_to_rotmat(q).T + shift
+    )
 
 
 def test_without_controls_yet_nothing_moves():
@@ -606,7 +691,7 @@ def test_trains_on_the_bundled_dynamic_scene_with_densification(tmp_path):
     assert out.with_suffix(".mp4").is_file()
 
 
-@pytest.mark.parametrize("motion", ["field", "frames"])
+@pytest.mark.parametrize("motion", ["field", "frames", "bases"])
 def test_control_points_train_and_come_back_from_the_checkpoint(tmp_path, motion):
     options = {"static_fraction": 0.5, "control_points": 16, "control_motion": motion}
     trainer = bundled_trainer(Splat4DConfig(**TINY | options), tmp_path / "run", steps=6)
@@ -618,7 +703,8 @@ def test_control_points_train_and_come_back_from_the_checkpoint(tmp_path, motion
     if motion == "field":
         assert any(p.detach().abs().max() > 0 for p in field.heads.parameters())
     else:  # the table moved; the planes and heads are not trained at all
-        assert field.control_shifts.shape == (len(field.frame_times), 16, 3)
+        rows = 16 if motion == "frames" else Splat4DConfig().motion_bases
+        assert field.control_shifts.shape == (len(field.frame_times), rows, 3)
         assert float(field.control_shifts.detach().abs().max()) > 0
         assert all(p.detach().abs().max() == 0 for p in field.heads.parameters())
     trainer.save()

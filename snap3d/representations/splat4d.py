@@ -164,7 +164,7 @@ class Splat4DConfig(SplatConfig):
     4.80, 25.43 / 5.13 against 25.02 / 5.16, 25.19 / 5.98, 25.43 / 5.05. Controls
     sampled once, at the end of the warm-up, did worse (23.5 dB, 6.9-10%): see
     ``control_resample``."""
-    control_motion: Literal["field", "frames"] = "field"
+    control_motion: Literal["field", "frames", "bases"] = "field"
     """Where the control points' rigid motions come from: ``field`` reads them from the
     HexPlane field at the controls' positions; ``frames`` keeps a free motion per
     control and training frame (linear in time between frames), which a frame's
@@ -183,6 +183,18 @@ class Splat4DConfig(SplatConfig):
     4-6% against 1.8%) and far views at late times shatter it. 10x the rigidity and
     100x the smoothness made it worse (20.0-20.3 dB, 11%), and so did 10x the rigidity
     with ``control_arap_weight`` 100 (19.0 dB, 11%). Off by default."""
+    motion_bases: int = 16
+    """``control_motion`` ``bases`` (Shape of Motion's motion bases): this many rigid
+    motions per training frame, each pivoting about the centre of a k-means cluster of
+    the first controls; every control moves by a softmax blend of them, its weights
+    learned (they start from the distances to the cluster centres). A basis is shared by
+    every control that weighs it, so a rigid part's motion at a frame pools all its
+    pixels, however few views that frame has."""
+    basis_spread: float = 0.5
+    """The controls' first basis weights: a softmax of -d^2 / (2 s^2), d the distance to
+    each pivot and s this fraction of the mean distance between neighbouring pivots."""
+    basis_weight_lr: float = 1e-2
+    """Learning rate of the controls' basis weights (logits), decayed 10x."""
     control_shift_lr: float = 1e-3
     """Learning rate of the per-frame control translations (times the camera extent),
     decayed 10x over the run."""
@@ -318,10 +330,16 @@ class DeformationField(nn.Module):
         self.frame_codes = nn.Parameter(torch.zeros(0, config.frame_code_dim))
         self.register_buffer("frame_times", torch.zeros(0))
         # control_motion "frames": each control's own rigid motion at each frame, a
-        # translation [F,K,3] and a quaternion offset from the identity [F,K,4].
-        self.table_controls = config.control_points if config.control_motion == "frames" else 0
+        # translation [F,K,3] and a quaternion offset from the identity [F,K,4];
+        # "bases": the same per motion basis [F,B,*], each pivoting about its own point,
+        # and every control's weights (logits [K,B]) over the bases.
+        rows = {"frames": config.control_points, "bases": config.motion_bases}
+        self.table_controls = rows.get(config.control_motion, 0)
         self.control_shifts = nn.Parameter(torch.zeros(0, self.table_controls, 3))
         self.control_turns = nn.Parameter(torch.zeros(0, self.table_controls, 4))
+        bases = config.motion_bases if config.control_motion == "bases" else 0
+        self.basis_logits = nn.Parameter(torch.zeros(config.control_points if bases else 0, bases))
+        self.register_buffer("basis_pivots", torch.zeros(bases, 3))
 
     def set_frames(self, times: Tensor) -> None:
         """Give the field one (zero) code, and with per-frame control motions one
@@ -349,17 +367,36 @@ class DeformationField(nn.Module):
         lo, hi, w = self._between_frames(times)
         return self.frame_codes[lo] * (1 - w) + self.frame_codes[hi] * w
 
-    def control_motion(self, times: Tensor, count: int) -> tuple[Tensor, Tensor]:
-        """The first ``count`` controls' per-frame rigid motions at times [U]: shifts
-        [U*count,3] and quaternion offsets [U*count,4] (as the field's heads give them),
-        linear in time between frames."""
+    def control_motion(self, times: Tensor, controls: Tensor) -> tuple[Tensor, Tensor]:
+        """The rigid motions at times [U] of ``controls`` [K,3] (the first K of the
+        table's): shifts [U*K,3] and quaternion offsets [U*K,4] (as the field's heads
+        give them), the table linear in time between frames. With motion bases, each
+        control moves as the blend of the bases' motions that its weights give."""
+        count = len(controls)
         lo, hi, w = self._between_frames(times)
         w = w[:, :, None]
-        shifts = self.control_shifts[:, :count]
-        turns = self.control_turns[:, :count]
-        shift = shifts[lo] * (1 - w) + shifts[hi] * w
+        bases = self.basis_pivots.shape[0] > 0
+        shifts = self.control_shifts if bases else self.control_shifts[:, :count]
+        turns = self.control_turns if bases else self.control_turns[:, :count]
+        shift = shifts[lo] * (1 - w) + shifts[hi] * w  # [U,K or B,3]
         turn = turns[lo] * (1 - w) + turns[hi] * w
-        return shift.reshape(-1, 3), turn.reshape(-1, 4)
+        if not bases:
+            return shift.reshape(-1, 3), turn.reshape(-1, 4)
+        q = turn + turn.new_tensor([1.0, 0.0, 0.0, 0.0])
+        q = q / q.norm(dim=-1, keepdim=True).clamp_min(1e-8)  # [U,B,4]
+        pivots = self.basis_pivots
+        local = controls[:, None] - pivots  # [K,B,3]
+        turned = torch.einsum("ubij,kbj->ukbi", quat_to_rotmat(q), local)
+        moved = turned + (pivots + shift)[:, None]  # [U,K,B,3]
+        weights = torch.softmax(self.basis_logits[:count], dim=-1)  # [K,B]
+        moved = (weights[None, :, :, None] * moved).sum(2)
+        # quaternions blended in the sign of each control's heaviest basis
+        ref = q[:, weights.argmax(-1)]  # [U,K,4]
+        signs = torch.sign((ref[:, :, None] * q[:, None]).sum(-1) + 1e-12)  # [U,K,B]
+        blend = (weights[None, :, :, None] * signs[..., None] * q[:, None]).sum(2)
+        blend = blend / blend.norm(dim=-1, keepdim=True).clamp_min(1e-8)
+        blend = blend - blend.new_tensor([1.0, 0.0, 0.0, 0.0])
+        return (moved - controls).reshape(-1, 3), blend.reshape(-1, 4)
 
     @torch.no_grad()
     def hold_after(self, t: float, extrapolate: bool = False) -> None:
@@ -423,11 +460,14 @@ class Splat4DModel(SplatModel):
             raise Snap3dError(
                 f"frames_per_time_cell must be positive, not {config.frames_per_time_cell}"
             )
-        if config.control_motion == "frames" and config.control_points <= 0:
-            raise Snap3dError("control_motion 'frames' needs control_points > 0")
-        if config.control_motion == "frames" and (config.deform_scales or config.deform_opacity):
+        motion = config.control_motion
+        if motion != "field" and config.control_points <= 0:
+            raise Snap3dError(f"control_motion '{motion}' needs control_points > 0")
+        if motion == "bases" and config.motion_bases < 1:
+            raise Snap3dError(f"motion_bases must be at least 1, not {config.motion_bases}")
+        if motion != "field" and (config.deform_scales or config.deform_opacity):
             raise Snap3dError(
-                "control_motion 'frames' moves controls rigidly; deform_scales and "
+                f"control_motion '{motion}' moves controls rigidly; deform_scales and "
                 "deform_opacity need control_motion 'field'"
             )
         if config.control_points > 0 and config.control_neighbors < 1:
@@ -480,6 +520,8 @@ class Splat4DModel(SplatModel):
             "control_radii": torch.zeros(0),
             "deformation.control_shifts": torch.zeros_like(field.control_shifts),
             "deformation.control_turns": torch.zeros_like(field.control_turns),
+            "deformation.basis_logits": torch.zeros_like(field.basis_logits),
+            "deformation.basis_pivots": torch.zeros_like(field.basis_pivots),
         } | state
         for name in ("export_camtoworlds", "export_Ks", "control_means", "control_radii"):
             setattr(self, name, torch.zeros_like(state[name]))  # sized by the run
@@ -606,8 +648,8 @@ class Splat4DModel(SplatModel):
         within each time): from the field at the controls or from the per-frame table."""
         controls = self.control_means
         K = controls.shape[0]
-        if self.config.control_motion == "frames":
-            shifts, turns = self.deformation.control_motion(times, K)
+        if self.config.control_motion != "field":
+            shifts, turns = self.deformation.control_motion(times, controls)
             return {"means": shifts, "quats": turns}
         return self.deformation(controls.repeat(len(times), 1), times.repeat_interleave(K))
 
@@ -660,7 +702,9 @@ class Splat4DModel(SplatModel):
             return
         picked = farthest_points(self._solid_means(K), K)
         field = self.deformation
-        if field.table_controls and len(self.control_means) and len(field.frame_times):
+        if field.basis_pivots.shape[0] > 0:
+            self._assign_bases(picked)
+        elif field.table_controls and len(self.control_means) and len(field.frame_times):
             # the new controls take the motions the old ones give their positions
             F, P = len(field.frame_times), len(picked)
             source = torch.arange(P, device=picked.device).repeat(F)
@@ -675,6 +719,31 @@ class Splat4DModel(SplatModel):
             return
         near = nearest_neighbors(picked, k)
         self.control_radii = (picked[:, None] - picked[near]).norm(dim=-1).mean(1).clamp_min(1e-6)
+
+    @torch.no_grad()
+    def _assign_bases(self, picked: Tensor) -> None:
+        """Basis weights of new controls ``picked`` [P,3]: the first ones weigh the bases
+        by their distances to the pivots (k-means centres of the controls, placed then);
+        later ones take the weights that the old controls' skinning blends at them."""
+        field = self.deformation
+        P = len(picked)
+        if len(self.control_means) == 0:
+            B = field.basis_pivots.shape[0]
+            pivots = kmeans(picked, B)
+            pivots = torch.cat([pivots, pivots[-1:].expand(B - len(pivots), 3)])  # if P < B
+            field.basis_pivots = pivots
+            d2 = ((picked[:, None] - pivots) ** 2).sum(-1)  # [P,B]
+            if len(pivots) > 1:
+                spacing = torch.cdist(pivots, pivots) + torch.eye(len(pivots)) * 1e9
+                sigma = self.config.basis_spread * spacing.min(1).values.mean()
+            else:
+                sigma = picked.new_tensor(1.0)
+            field.basis_logits[:P] = -d2 / (2 * sigma**2)
+            return
+        idx, weights = self._skinning(picked)
+        old = torch.softmax(field.basis_logits[: len(self.control_means)], dim=-1)
+        blended = (weights[..., None] * old[idx]).sum(1)
+        field.basis_logits[:P] = blended.clamp_min(1e-8).log()
 
     def _sample_neighborhoods(self) -> tuple[Tensor, Tensor]:
         """Random anchor Gaussians and their canonical nearest neighbours.
@@ -816,7 +885,7 @@ class Splat4DModel(SplatModel):
         if not self.deforms_at(batch.get("step")):
             return losses
         cfg = self.config
-        if cfg.control_motion == "frames":
+        if cfg.control_motion != "field":
             latest = self.time_limit(batch["step"]) if cfg.time_window < 1 else None
             losses.update(self._control_regularisers(latest))
         else:  # the planes move things: keep them smooth
@@ -855,14 +924,16 @@ class Splat4DModel(SplatModel):
         frames = len(field.frame_times)
         if latest is not None:
             frames = max(1, field.frames_until(latest))
-        positions = self.control_means + field.control_shifts[:frames, :K]  # [F,K,3]
+        motion = self._control_offsets(field.frame_times[:frames])
+        positions = self.control_means + motion["means"].reshape(frames, K, 3)
+        turns = motion["quats"].reshape(frames, K, 4)
         xyz = torch.cat([self.control_means[None], positions])  # the canonical first
         near = nearest_neighbors(self.control_means, cfg.control_neighbors)
         out = {}
         if cfg.control_rigidity_weight > 0:
             out["control_rigidity"] = cfg.control_rigidity_weight * rigidity_loss(xyz, near)
         if cfg.control_arap_weight > 0:
-            turns = field.control_turns[:frames, :K] + positions.new_tensor([1.0, 0, 0, 0])
+            turns = turns + positions.new_tensor([1.0, 0, 0, 0])
             identity = torch.eye(3, device=positions.device).expand(1, K, 3, 3)
             rotations = torch.cat(
                 [identity, quat_to_rotmat(turns / turns.norm(dim=-1, keepdim=True))]
@@ -870,7 +941,11 @@ class Splat4DModel(SplatModel):
             arap = rotation_rigidity_loss(xyz, rotations, near)
             out["control_arap"] = cfg.control_arap_weight * arap
         if cfg.control_smoothness_weight > 0 and frames >= 3:
-            path = torch.cat([positions, field.control_turns[:frames, :K]], dim=-1)
+            # the table's own rows: the controls, or the motion bases
+            rows = K if cfg.control_motion == "frames" else field.table_controls
+            path = torch.cat(
+                [field.control_shifts[:frames, :rows], field.control_turns[:frames, :rows]], -1
+            )
             out["control_smoothness"] = cfg.control_smoothness_weight * smoothness_loss(path)
         return out
 
@@ -887,7 +962,10 @@ class Splat4DModel(SplatModel):
             refining = sched["refine_start"] < step + 1 <= sched["refine_stop"]
             if refining and (step + 1) % cfg.refine_every == 0:
                 self._sample_controls()
-                for name in ("control_shifts", "control_turns"):  # moments of old controls
+                per_control = ("control_shifts", "control_turns")
+                if cfg.control_motion == "bases":  # the bases stay; the weights are new
+                    per_control = ("basis_logits",)
+                for name in per_control:  # moments of old controls
                     if name in optimizers:
                         optimizers[name].state.clear()
         growing = step + 1 <= self._window_end()
@@ -910,7 +988,11 @@ class Splat4DModel(SplatModel):
         cfg = self.config
         groups = super().param_groups()
         field = self.deformation
-        if cfg.control_motion == "frames":  # the table moves the controls; no planes
+        if cfg.control_motion == "bases":
+            groups["basis_logits"] = ParamGroup(
+                [field.basis_logits], cfg.basis_weight_lr, lr_final=cfg.basis_weight_lr * 0.1
+            )
+        if cfg.control_motion != "field":  # the table moves the controls; no planes
             shift_lr = cfg.control_shift_lr * self.scene.camera_extent
             groups["control_shifts"] = ParamGroup(
                 [field.control_shifts], shift_lr, lr_final=shift_lr * 0.1
@@ -1122,6 +1204,18 @@ def quat_multiply(a: Tensor, b: Tensor) -> Tensor:
         ],
         dim=-1,
     )
+
+
+def kmeans(points: Tensor, k: int, iterations: int = 10) -> Tensor:
+    """[min(k,N),3] k-means centres of ``points`` [N,3], seeded by a farthest-point
+    sample (deterministic)."""
+    centres = farthest_points(points, k)
+    for _ in range(iterations):
+        label = torch.cdist(points, centres).argmin(1)
+        sums = torch.zeros_like(centres).index_add_(0, label, points)
+        counts = torch.bincount(label, minlength=len(centres))[:, None]
+        centres = torch.where(counts > 0, sums / counts.clamp_min(1), centres)
+    return centres
 
 
 def farthest_points(points: Tensor, k: int) -> Tensor:
