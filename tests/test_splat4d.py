@@ -488,12 +488,14 @@ def test_motion_bases_start_at_the_controls_cluster_centres():
     model = bases_model(bases=4)
     field, controls = model.deformation, model.control_means
     assert field.basis_pivots.shape == (4, 3) and field.basis_logits.shape == (24, 4)
-    # k-means: each pivot is the mean of the controls nearest to it
-    label = torch.cdist(controls, field.basis_pivots).argmin(1)
+    # k-means of the solid splats: each pivot is the mean of those nearest to it
+    solid = model._solid_means(4)
+    label = torch.cdist(solid, field.basis_pivots).argmin(1)
     for b in range(4):
-        torch.testing.assert_close(field.basis_pivots[b], controls[label == b].mean(0))
-    # and each control weighs its own cluster's basis most
-    assert torch.equal(field.basis_logits.argmax(1), label)
+        torch.testing.assert_close(field.basis_pivots[b], solid[label == b].mean(0))
+    # and each control weighs the nearest pivot's basis most
+    nearest = torch.cdist(controls, field.basis_pivots).argmin(1)
+    assert torch.equal(field.basis_logits.argmax(1), nearest)
 
 
 def test_kmeans_finds_separated_clusters():

@@ -186,7 +186,7 @@ class Splat4DConfig(SplatConfig):
     motion_bases: int = 16
     """``control_motion`` ``bases`` (Shape of Motion's motion bases): this many rigid
     motions per training frame, each pivoting about the centre of a k-means cluster of
-    the first controls; every control moves by a softmax blend of them, its weights
+    the solid canonical splats when the warm-up ends; every control moves by a softmax blend of them, its weights
     learned (they start from the distances to the cluster centres). A basis is shared by
     every control that weighs it, so a rigid part's motion at a frame pools all its
     pixels, however few views that frame has."""
@@ -723,13 +723,15 @@ class Splat4DModel(SplatModel):
     @torch.no_grad()
     def _assign_bases(self, picked: Tensor) -> None:
         """Basis weights of new controls ``picked`` [P,3]: the first ones weigh the bases
-        by their distances to the pivots (k-means centres of the controls, placed then);
+        by their distances to the pivots (k-means centres of the solid splats, placed
+        then);
         later ones take the weights that the old controls' skinning blends at them."""
         field = self.deformation
         P = len(picked)
         if len(self.control_means) == 0:
             B = field.basis_pivots.shape[0]
-            pivots = kmeans(picked, B)
+            pivots = kmeans(self._solid_means(B), B)  # where the splats are, not the
+            # controls: a farthest-point sample over-weighs the outliers
             pivots = torch.cat([pivots, pivots[-1:].expand(B - len(pivots), 3)])  # if P < B
             field.basis_pivots = pivots
             d2 = ((picked[:, None] - pivots) ** 2).sum(-1)  # [P,B]
@@ -1206,12 +1208,16 @@ def quat_multiply(a: Tensor, b: Tensor) -> Tensor:
     )
 
 
-def kmeans(points: Tensor, k: int, iterations: int = 10) -> Tensor:
+def kmeans(points: Tensor, k: int, iterations: int = 50) -> Tensor:
     """[min(k,N),3] k-means centres of ``points`` [N,3], seeded by a farthest-point
-    sample (deterministic)."""
+    sample (deterministic); Lloyd's iterations until the clusters stop changing."""
     centres = farthest_points(points, k)
+    last = None
     for _ in range(iterations):
         label = torch.cdist(points, centres).argmin(1)
+        if last is not None and torch.equal(label, last):
+            break
+        last = label
         sums = torch.zeros_like(centres).index_add_(0, label, points)
         counts = torch.bincount(label, minlength=len(centres))[:, None]
         centres = torch.where(counts > 0, sums / counts.clamp_min(1), centres)
