@@ -190,7 +190,7 @@ class Splat4DConfig(SplatConfig):
     learned (they start from the distances to the cluster centres). A basis is shared by
     every control that weighs it, so a rigid part's motion at a frame pools all its
     pixels, however few views that frame has."""
-    basis_spread: float = 0.5
+    basis_spread: float = 0.25
     """The controls' first basis weights: a softmax of -d^2 / (2 s^2), d the distance to
     each pivot and s this fraction of the mean distance between neighbouring pivots."""
     basis_weight_lr: float = 1e-2
@@ -722,30 +722,43 @@ class Splat4DModel(SplatModel):
 
     @torch.no_grad()
     def _assign_bases(self, picked: Tensor) -> None:
-        """Basis weights of new controls ``picked`` [P,3]: the first ones weigh the bases
-        by their distances to the pivots (k-means centres of the solid splats, placed
-        then);
-        later ones take the weights that the old controls' skinning blends at them."""
+        """Motion bases for new controls ``picked`` [P,3], placed afresh with them: the
+        pivots are k-means centres of the dense solid splats (the warm-up's first splats
+        are a rough cloud; the clusters follow the densified ones), each basis takes the
+        motion that the old controls give its pivot (a rigid motion survives exactly),
+        and each control weighs the bases by its distances to their pivots."""
         field = self.deformation
-        P = len(picked)
-        if len(self.control_means) == 0:
-            B = field.basis_pivots.shape[0]
-            pivots = kmeans(self._solid_means(B), B)  # where the splats are, not the
-            # controls: a farthest-point sample over-weighs the outliers
-            pivots = torch.cat([pivots, pivots[-1:].expand(B - len(pivots), 3)])  # if P < B
-            field.basis_pivots = pivots
-            d2 = ((picked[:, None] - pivots) ** 2).sum(-1)  # [P,B]
-            if len(pivots) > 1:
-                spacing = torch.cdist(pivots, pivots) + torch.eye(len(pivots)) * 1e9
-                sigma = self.config.basis_spread * spacing.min(1).values.mean()
-            else:
-                sigma = picked.new_tensor(1.0)
-            field.basis_logits[:P] = -d2 / (2 * sigma**2)
-            return
-        idx, weights = self._skinning(picked)
-        old = torch.softmax(field.basis_logits[: len(self.control_means)], dim=-1)
-        blended = (weights[..., None] * old[idx]).sum(1)
-        field.basis_logits[:P] = blended.clamp_min(1e-8).log()
+        B, P = field.basis_pivots.shape[0], len(picked)
+        pivots = kmeans(self._dense_means(B), B)
+        pivots = torch.cat([pivots, pivots[-1:].expand(B - len(pivots), 3)])  # if fewer
+        if len(self.control_means) and len(field.frame_times):
+            F = len(field.frame_times)
+            source = torch.arange(B, device=pivots.device).repeat(F)
+            identity = pivots.new_tensor([1.0, 0.0, 0.0, 0.0]).expand(B, 4)
+            moved = self._skin(pivots, identity, source, field.frame_times.repeat_interleave(B))
+            field.control_shifts[:] = moved["means"].reshape(F, B, 3)
+            field.control_turns[:] = moved["quats"].reshape(F, B, 4)
+        field.basis_pivots = pivots
+        d2 = ((picked[:, None] - pivots) ** 2).sum(-1)  # [P,B]
+        sigma = picked.new_tensor(self.scene.camera_extent)
+        if B > 1:
+            spacing = torch.cdist(pivots, pivots) + torch.eye(B, device=pivots.device) * 1e9
+            sigma = self.config.basis_spread * spacing.min(1).values.mean().clamp_min(1e-6)
+        field.basis_logits[:P] = -d2 / (2 * sigma**2)
+
+    def _dense_means(self, at_least: int, sample: int = 8192) -> Tensor:
+        """Solid canonical means (up to ``sample`` of them) without the isolated ones:
+        those whose mean distance to their 4 nearest is over twice the median's."""
+        points = self._solid_means(at_least)
+        if len(points) > sample:
+            g = torch.Generator().manual_seed(0)
+            points = points[torch.randperm(len(points), generator=g)[:sample].to(points.device)]
+        k = min(4, len(points) - 1)
+        if k < 1:
+            return points
+        gaps = (points[:, None] - points[nearest_neighbors(points, k)]).norm(dim=-1).mean(1)
+        dense = gaps <= 2 * gaps.median()
+        return points[dense] if int(dense.sum()) >= at_least else points
 
     def _sample_neighborhoods(self) -> tuple[Tensor, Tensor]:
         """Random anchor Gaussians and their canonical nearest neighbours.
@@ -965,8 +978,8 @@ class Splat4DModel(SplatModel):
             if refining and (step + 1) % cfg.refine_every == 0:
                 self._sample_controls()
                 per_control = ("control_shifts", "control_turns")
-                if cfg.control_motion == "bases":  # the bases stay; the weights are new
-                    per_control = ("basis_logits",)
+                if cfg.control_motion == "bases":  # new bases and weights
+                    per_control += ("basis_logits",)
                 for name in per_control:  # moments of old controls
                     if name in optimizers:
                         optimizers[name].state.clear()
