@@ -498,6 +498,20 @@ def test_motion_bases_start_at_the_controls_cluster_centres():
     assert torch.equal(field.basis_logits.argmax(1), nearest)
 
 
+def test_bases_are_placed_on_the_dense_splats_not_on_isolated_ones():
+    model = bases_model(bases=2)
+    g = torch.Generator().manual_seed(1)
+    dense = 0.05 * torch.randn(190, 3, generator=g)
+    far = 3.0 * torch.nn.functional.normalize(torch.randn(10, 3, generator=g), dim=-1)
+    with torch.no_grad():
+        model.splats["means"][:] = torch.cat([dense, far])
+        model.splats["opacities"][:] = 5.0
+    kept = model._dense_means(2)
+    assert len(kept) < 190 + 10 and float(kept.norm(dim=-1).max()) < 1.0
+    model._sample_controls()  # both pivots within the dense blob
+    assert float(model.deformation.basis_pivots.norm(dim=-1).max()) < 0.2
+
+
 def test_kmeans_finds_separated_clusters():
     g = torch.Generator().manual_seed(0)
     truth = torch.tensor([[0.0, 0, 0], [5.0, 0, 0], [0.0, 5, 0]])
@@ -696,6 +710,7 @@ def test_trains_on_the_bundled_dynamic_scene_with_densification(tmp_path):
 @pytest.mark.parametrize("motion", ["field", "frames", "bases"])
 def test_control_points_train_and_come_back_from_the_checkpoint(tmp_path, motion):
     options = {"static_fraction": 0.5, "control_points": 16, "control_motion": motion}
+    options["pin_first_frame"] = motion == "bases"
     trainer = bundled_trainer(Splat4DConfig(**TINY | options), tmp_path / "run", steps=6)
     model = trainer.model
     for step in range(6):
@@ -708,6 +723,9 @@ def test_control_points_train_and_come_back_from_the_checkpoint(tmp_path, motion
         rows = 16 if motion == "frames" else Splat4DConfig().motion_bases
         assert field.control_shifts.shape == (len(field.frame_times), rows, 3)
         assert float(field.control_shifts.detach().abs().max()) > 0
+        if motion == "bases":  # pinned: the canonical splats are the first frame's
+            assert float(field.control_shifts[0].abs().max()) == 0
+            assert float(field.control_turns[0].abs().max()) == 0
         assert all(p.detach().abs().max() == 0 for p in field.heads.parameters())
     trainer.save()
     loaded, _, _ = load_model(tmp_path / "run")
