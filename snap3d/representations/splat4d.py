@@ -202,16 +202,14 @@ class Splat4DConfig(SplatConfig):
     - placed afresh (as now): 20.0 / 12.4%; with ``hold_extrapolate`` 21.1 / 9.4% (ball
       36%, cube 4.7, disc 5.2);
     - and ``control_smoothness_weight`` 1000: 23.10 / 7.80% (ball 32%, cube 2.4, arm
-      2.9, disc 4.3); 10000: 19.4 / 12.4%.
+      2.9, disc 4.3), seed 1 22.77 / 7.74%; 10000: 19.4 / 12.4%. Holding the first
+      frame's motions at the identity (canonical = first frame) on top: 22.5 / 12.5%.
     Against 24.67 / 5.00% (ball 21%, cube 7.1, disc 1.8) for the defaults: the cube and
     the arm track better, the static disc drifts (one view per frame lets its bases
     wander along the view rays) and the ball does not keep up."""
     basis_spread: float = 0.25
     """The controls' first basis weights: a softmax of -d^2 / (2 s^2), d the distance to
     each pivot and s this fraction of the mean distance between neighbouring pivots."""
-    pin_first_frame: bool = False
-    """``control_motion`` ``frames`` or ``bases``: hold the first frame's motions at the
-    identity after every step, so that the canonical splats are the first frame's."""
     basis_weight_lr: float = 1e-2
     """Learning rate of the controls' basis weights (logits), decayed 10x."""
     control_shift_lr: float = 1e-3
@@ -1002,10 +1000,6 @@ class Splat4DModel(SplatModel):
                 for name in per_control:  # moments of old controls
                     if name in optimizers:
                         optimizers[name].state.clear()
-        if cfg.pin_first_frame and cfg.control_motion != "field":
-            with torch.no_grad():  # the canonical splats are the first frame's
-                self.deformation.control_shifts[:1] = 0.0
-                self.deformation.control_turns[:1] = 0.0
         growing = step + 1 <= self._window_end()
         if cfg.hold_time and cfg.time_window < 1 and growing:
             latest = self.time_limit(step + 1)
