@@ -212,7 +212,8 @@ class Splat4DConfig(SplatConfig):
       frame's motions at the identity (canonical = first frame) on top: 22.5 / 12.5%.
       On top of smoothness 1000: ``basis_weight_lr`` 0.05 22.64 / 7.60%;
       ``control_rigidity_weight`` 1000 18.9 / 12.7%; ``basis_spread`` 0.1 (nearly one
-      basis per control) 21.75 / 7.54% (ball 24.7%, cube 2.4, arm 12.1, disc 4.1).
+      basis per control) 21.75 / 7.54% (ball 24.7%, cube 2.4, arm 12.1, disc 4.1), seed
+      1 21.33 / 10.66%; ``time_window`` 0.02 without ``hold_extrapolate`` 20.97 / 8.49%.
     Against 24.67 / 5.00% (ball 21%, cube 7.1, disc 1.8) for the defaults: the cube and
     the arm track better, the static disc drifts (one view per frame lets its bases
     wander along the view rays) and the ball does not keep up."""
