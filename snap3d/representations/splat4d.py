@@ -418,11 +418,9 @@ class DeformationField(nn.Module):
         moved = turned + (pivots + shift)[:, None]  # [U,K,B,3]
         weights = torch.softmax(self.basis_logits[:count], dim=-1)  # [K,B]
         moved = (weights[None, :, :, None] * moved).sum(2)
-        # quaternions blended in the sign of each control's heaviest basis
-        ref = q[:, weights.argmax(-1)]  # [U,K,4]
-        signs = torch.sign((ref[:, :, None] * q[:, None]).sum(-1) + 1e-12)  # [U,K,B]
-        blend = (weights[None, :, :, None] * signs[..., None] * q[:, None]).sum(2)
-        blend = blend / blend.norm(dim=-1, keepdim=True).clamp_min(1e-8)
+        # in the hemisphere of each control's heaviest basis
+        ref = q[:, weights.argmax(-1), None]  # [U,K,1,4]
+        blend = blend_quats(q[:, None], weights[None], ref)  # [U,K,4]
         blend = blend - blend.new_tensor([1.0, 0.0, 0.0, 0.0])
         return (moved - controls).reshape(-1, 3), blend.reshape(-1, 4)
 
@@ -701,10 +699,8 @@ class Splat4DModel(SplatModel):
         centre = controls[idx]
         local = (rot @ (means[:, None] - centre)[..., None])[..., 0]
         moved = (weights[..., None] * (local + centre + shifts[rows])).sum(1)
-        q = turns[rows]  # [N,k,4], aligned to the first so that q and -q do not cancel
-        q = q * torch.sign((q * q[:, :1]).sum(-1, keepdim=True) + 1e-12)
-        blend = (weights[..., None] * q).sum(1)
-        blend = blend / blend.norm(dim=-1, keepdim=True).clamp_min(1e-8)
+        q = turns[rows]  # [N,k,4], in the hemisphere of the nearest control's
+        blend = blend_quats(q, weights, q[:, :1])
         offsets = {"means": moved - means, "quats": quat_multiply(blend, quats) - quats}
         for name in ("scales", "opacities"):  # optional: blended like the motions
             if name in out:
@@ -734,12 +730,8 @@ class Splat4DModel(SplatModel):
             self._assign_bases(picked)
         elif field.table_controls and len(self.control_means) and len(field.frame_times):
             # the new controls take the motions the old ones give their positions
-            F, P = len(field.frame_times), len(picked)
-            source = torch.arange(P, device=picked.device).repeat(F)
-            identity = picked.new_tensor([1.0, 0.0, 0.0, 0.0]).expand(P, 4)
-            moved = self._skin(picked, identity, source, field.frame_times.repeat_interleave(P))
-            field.control_shifts[:, :P] = moved["means"].reshape(F, P, 3)
-            field.control_turns[:, :P] = moved["quats"].reshape(F, P, 4)
+            P = len(picked)
+            field.control_shifts[:, :P], field.control_turns[:, :P] = self._motion_at(picked)
         self.control_means = picked.clone()
         k = min(self.config.control_neighbors, len(picked) - 1)
         if k < 1:
@@ -747,6 +739,16 @@ class Splat4DModel(SplatModel):
             return
         near = nearest_neighbors(picked, k)
         self.control_radii = (picked[:, None] - picked[near]).norm(dim=-1).mean(1).clamp_min(1e-6)
+
+    def _motion_at(self, points: Tensor) -> tuple[Tensor, Tensor]:
+        """The rigid motion that the current controls give ``points`` [P,3] at every
+        frame: shifts [F,P,3] and quaternion offsets [F,P,4] (a table's rows)."""
+        field = self.deformation
+        F, P = len(field.frame_times), len(points)
+        source = torch.arange(P, device=points.device).repeat(F)
+        identity = points.new_tensor([1.0, 0.0, 0.0, 0.0]).expand(P, 4)
+        moved = self._skin(points, identity, source, field.frame_times.repeat_interleave(P))
+        return moved["means"].reshape(F, P, 3), moved["quats"].reshape(F, P, 4)
 
     @torch.no_grad()
     def _assign_bases(self, picked: Tensor) -> None:
@@ -760,12 +762,7 @@ class Splat4DModel(SplatModel):
         pivots = kmeans(self._dense_means(B), B)
         pivots = torch.cat([pivots, pivots[-1:].expand(B - len(pivots), 3)])  # if fewer
         if len(self.control_means) and len(field.frame_times):
-            F = len(field.frame_times)
-            source = torch.arange(B, device=pivots.device).repeat(F)
-            identity = pivots.new_tensor([1.0, 0.0, 0.0, 0.0]).expand(B, 4)
-            moved = self._skin(pivots, identity, source, field.frame_times.repeat_interleave(B))
-            field.control_shifts[:] = moved["means"].reshape(F, B, 3)
-            field.control_turns[:] = moved["quats"].reshape(F, B, 4)
+            field.control_shifts[:], field.control_turns[:] = self._motion_at(pivots)
         field.basis_pivots = pivots
         d2 = ((picked[:, None] - pivots) ** 2).sum(-1)  # [P,B]
         sigma = picked.new_tensor(self.scene.camera_extent)
@@ -1247,6 +1244,15 @@ def quat_multiply(a: Tensor, b: Tensor) -> Tensor:
         ],
         dim=-1,
     )
+
+
+def blend_quats(q: Tensor, weights: Tensor, ref: Tensor) -> Tensor:
+    """Weighted blend of unit quaternions ``q`` [...,n,4] by ``weights`` [...,n], each
+    first flipped into the hemisphere of ``ref`` [...,1,4] (so that q and -q do not
+    cancel), normalised: [...,4]."""
+    q = q * torch.sign((q * ref).sum(-1, keepdim=True) + 1e-12)
+    blend = (weights[..., None] * q).sum(-2)
+    return blend / blend.norm(dim=-1, keepdim=True).clamp_min(1e-8)
 
 
 def kmeans(points: Tensor, k: int, iterations: int = 50) -> Tensor:
