@@ -67,6 +67,12 @@ class Splat4DConfig(SplatConfig):
     5000 steps: 24.47 dB / 5.80% / 28.1 dB. 7500: 24.90 / 5.98 / 30.8. 10000: 24.50 /
     5.98 / 31.1, with 76k Gaussians. 20000: 24.03 / 6.66 / 32.8, with 161k. Five seeds
     at 5000 steps spread 24.68 +- 0.24 dB and 5.48 +- 0.37%."""
+    sh_degree: int = 3
+    """As for static splats. With one view per frame, view-dependent colour could stand
+    in for motion (each frame's view direction differs), but lower degrees did not
+    gain: 5000 steps, test PSNR / trajectory error, degree 1 against 3: seed 0 25.15 dB /
+    4.86% against 24.67 / 5.00%, seed 1 25.19 / 5.73% against 25.52 / 5.48%; degree 0
+    (seed 0) 25.12 / 5.18%."""
     static_fraction: float = 0.05
     """Fraction of the steps spent on the static warm-up (canonical splats only). A long
     warm-up bakes the motion within the first window into a blur: 5000 steps, with
@@ -82,7 +88,9 @@ class Splat4DConfig(SplatConfig):
     24.12 / 6.17%. In all four (and in every ``control_motion``) the Gaussians of the
     ball at t = 0 have turned 3-8 of its 54 degrees by t = 0.1 and are 13-16 cm off,
     while the training views at every time fit at 24-28 dB: one view per frame is fitted
-    without the ball's 3D motion."""
+    without the ball's 3D motion. The ball's 8 x 4 checker repeats every 90 degrees of
+    its turn about z, and it turns 54 degrees in the first 0.1 of the time range: a
+    canonical ball from frames that far apart averages most of a period."""
     window_focus: float = 0.5
     """While the window widens, this fraction of the steps trains on its newest frames
     (those in its last ``time_window`` of the time range) rather than on any of its
@@ -217,7 +225,13 @@ class Splat4DConfig(SplatConfig):
       1 21.33 / 10.66%; ``time_window`` 0.02 without ``hold_extrapolate`` 20.97 / 8.49%.
     Against 24.67 / 5.00% (ball 21%, cube 7.1, disc 1.8) for the defaults: the cube and
     the arm track better, the static disc drifts (one view per frame lets its bases
-    wander along the view rays) and the ball does not keep up."""
+    wander along the view rays) and the ball does not keep up.
+    Tried and not kept: the bases' table as curves in time (a constant plus 6 sine and
+    cosine pairs of frequencies k pi / 2, least-squares refitted at each placement), so
+    that every frame's view fits every coefficient: 22.42 dB / 5.74% (ball 20.2%, cube
+    3.3, disc 3.0); the same per control (``frames``) 21.69 / 6.03%; with
+    ``time_window`` 0.02 18.75 / 8.03%. With the canonical frozen at the truth (the
+    harness above) the curves turned the ball only 31 of 137 degrees."""
     basis_spread: float = 0.25
     """The controls' first basis weights: a softmax of -d^2 / (2 s^2), d the distance to
     each pivot and s this fraction of the mean distance between neighbouring pivots."""
