@@ -99,7 +99,13 @@ class Splat4DConfig(SplatConfig):
     5000 steps, trajectory error / test PSNR: 0 (window 0.3) 6.31% / 23.98 dB; 0.5
     (window 0.3) 6.14% / 23.96; 0.5 (window 0.5) 5.43% / 23.95; 0.5 (window 0.7) 5.68% /
     23.55; 0.75 (window 0.5) 6.14% / 24.05. Most of the error is the spinning ball, whose
-    error varied from 24% to 28% of the radius between these runs."""
+    error varied from 24% to 28% of the radius between these runs. Tried and not kept:
+    training only the motion in these steps (canonical splats held, as in a harness with
+    a frozen canonical): 24.19 dB / 5.56%, and 23.56 / 6.08% with ``time_window`` 0.02.
+    Even from the truth (the canonical initialised from a static splat of 60 views of
+    t = 0, no warm-up, no densification) the field turned the ball 5 of its 54 degrees
+    by t = 0.1 (25.82 dB / 4.84%): with the field, the canonical is not what stops the
+    ball's motion being learned."""
     window_fraction: float = 0.7
     """A short widening leaves more steps on every frame: frames that join late are
     otherwise under-fitted (train PSNR fell from 31 dB at the first time to 22 at the
