@@ -125,7 +125,7 @@ class Splat4DConfig(SplatConfig):
     schedule, 0.5 on the GPU one). Once the field moves the splats, their view-space
     gradients mostly ask for motion, not for more Gaussians: densifying until 0.7 ended
     with 69k Gaussians at 378 ms/step, stopping at 0.3 with 30k at 190 ms/step and the
-    same test PSNR (21.9 dB, 5000 steps). With today's defaults (seed 0), 0.5 gave
+    same test PSNR (21.9 dB, 5000 steps). With the later defaults (seed 0), 0.5 gave
     24.81 dB / 5.13% with 46k Gaussians in 1.7x the time, against 24.67 / 5.00% with
     24k."""
     fit_field_bounds: bool = True
