@@ -109,10 +109,10 @@ class Splat4DConfig(SplatConfig):
     ``hold_extrapolate``, control smoothness 1000) turned it 4 degrees (21.65 dB /
     5.98%), where the same bases with the canonical frozen throughout (the harness in
     ``control_motion``) turn it 117 of 137 degrees by t = 0.25: a canonical that also
-    trains, even one that starts true, absorbs the ball's turn. That harness needs its
-    short first window too: on all 60 frames (5000 steps), whose first window holds six
-    frames (54 degrees, most of the checker's 90-degree period), the frozen truth's bases
-    turned the ball 16 of 137 degrees by frame 15."""
+    trains, even one that starts true, absorbs the ball's turn. But that harness's 117
+    degrees hold for its 20 frames only: on all 60 frames (5000 steps) the frozen
+    truth's bases turned the ball 16 of 137 degrees by frame 15, and 47 with a first
+    window of two frames (``time_window`` 0.02)."""
     window_fraction: float = 0.7
     """A short widening leaves more steps on every frame: frames that join late are
     otherwise under-fitted (train PSNR fell from 31 dB at the first time to 22 at the
