@@ -390,6 +390,15 @@ def quat_to_rotmat(quats: Tensor) -> Tensor:
     ).reshape(*q.shape[:-1], 3, 3)  # fmt: skip
 
 
+def blend_quats(q: Tensor, weights: Tensor, ref: Tensor) -> Tensor:
+    """Weighted blend of unit quaternions ``q`` [...,n,4] by ``weights`` [...,n], each
+    first flipped into the hemisphere of ``ref`` [...,1,4] (so that q and -q do not
+    cancel), normalised: [...,4]."""
+    q = q * torch.sign((q * ref).sum(-1, keepdim=True) + 1e-12)
+    blend = (weights[..., None] * q).sum(-2)
+    return blend / blend.norm(dim=-1, keepdim=True).clamp_min(1e-8)
+
+
 def rotmat_to_quat(R: Tensor) -> Tensor:
     """[...,3,3] rotation matrices to [...,4] unit quaternions (w,x,y,z) with w >= 0."""
     m = R.reshape(-1, 3, 3)

@@ -9,6 +9,7 @@ import torch
 
 from snap3d.cameras import (
     Cameras,
+    blend_quats,
     camtoworlds_to_colmap,
     colmap_to_camtoworlds,
     distort,
@@ -336,3 +337,16 @@ def test_look_at():
     down = look_at(torch.tensor([[0.0, 0.0, 5.0]]), torch.zeros(1, 3))
     torch.testing.assert_close(down[0, :3, 2], torch.tensor([0.0, 0.0, -1.0]))
     torch.testing.assert_close(torch.linalg.det(down[0, :3, :3]), torch.tensor(1.0))
+
+
+def test_blend_quats_halves_a_turn_whatever_the_quaternion_signs():
+    half = math.radians(45.0)  # a 90-degree turn about z
+    turn = torch.tensor([math.cos(half), 0.0, 0.0, math.sin(half)])
+    identity = torch.tensor([1.0, 0.0, 0.0, 0.0])
+    weights = torch.tensor([0.5, 0.5])
+    want = torch.tensor([math.cos(half / 2), 0.0, 0.0, math.sin(half / 2)])  # 45 degrees
+    for q in (torch.stack([identity, turn]), torch.stack([identity, -turn])):
+        torch.testing.assert_close(blend_quats(q, weights, identity[None]), want)
+    # opposite signs of one rotation do not cancel
+    same = torch.stack([turn, -turn])
+    torch.testing.assert_close(blend_quats(same, weights, turn[None]), turn)

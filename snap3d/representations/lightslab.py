@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from snap3d.cameras import Cameras, quat_to_rotmat, rotmat_to_quat
+from snap3d.cameras import Cameras, blend_quats, quat_to_rotmat, rotmat_to_quat
 from snap3d.errors import Snap3dError
 from snap3d.representations.base import ParamGroup, RenderOutput, SceneMeta, SceneModel
 from snap3d.train.checkpoint import load_model
@@ -350,8 +350,7 @@ def pseudo_cameras(
     weights = -torch.log(torch.rand(count, m, generator=generator).clamp_min(1e-12))
     weights = (weights / weights.sum(-1, keepdim=True)).to(centers)
     quats = rotmat_to_quat(cameras.camtoworlds[:, :3, :3])[group]  # [count,m,4]
-    quats = quats * torch.sign((quats * quats[:, :1]).sum(-1, keepdim=True) + 1e-12)
-    quat = (weights[..., None] * quats).sum(1)
+    quat = blend_quats(quats, weights, quats[:, :1])
     centre = (weights[..., None] * centers[group]).sum(1)
     noise = torch.randn(count, 3, generator=generator).to(centers)
     centre = centre + noise * jitter * spacing[first, None]

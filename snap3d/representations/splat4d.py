@@ -20,6 +20,12 @@ time), and the window of frames then widens to the whole video while the field l
 carry the splats along (half of the widening's steps on its newest frames).
 ``render(cameras)`` renders each camera at ``cameras.times``.
 
+The colours keep the static splats' ``sh_degree`` (3). With one view per frame,
+view-dependent colour could stand in for motion (each frame's view direction differs),
+but lower degrees did not gain on the bundled scene (5000 steps, test PSNR / trajectory
+error): degree 1 against 3, seed 0 25.15 dB / 4.86% against 24.67 / 5.00%, seed 1
+25.19 / 5.73% against 25.52 / 5.48%; degree 0 (seed 0) 25.12 / 5.18%.
+
 ``export("trajectory-video", ...)`` writes a ``PointTrajectoryVideo``: the surface point
 a pixel sees at the first time lies on its ray at the median depth, and it moves as
 the Gaussians it sees then move: its displacement to any time t is the alpha-blend
@@ -37,7 +43,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from snap3d.cameras import Cameras, quat_to_rotmat
+from snap3d.cameras import Cameras, blend_quats, quat_to_rotmat
 from snap3d.data.dataset import SceneDataset
 from snap3d.errors import Snap3dError
 from snap3d.render import rasterize_gaussians
@@ -67,12 +73,6 @@ class Splat4DConfig(SplatConfig):
     5000 steps: 24.47 dB / 5.80% / 28.1 dB. 7500: 24.90 / 5.98 / 30.8. 10000: 24.50 /
     5.98 / 31.1, with 76k Gaussians. 20000: 24.03 / 6.66 / 32.8, with 161k. Five seeds
     at 5000 steps spread 24.68 +- 0.24 dB and 5.48 +- 0.37%."""
-    sh_degree: int = 3
-    """As for static splats. With one view per frame, view-dependent colour could stand
-    in for motion (each frame's view direction differs), but lower degrees did not
-    gain: 5000 steps, test PSNR / trajectory error, degree 1 against 3: seed 0 25.15 dB /
-    4.86% against 24.67 / 5.00%, seed 1 25.19 / 5.73% against 25.52 / 5.48%; degree 0
-    (seed 0) 25.12 / 5.18%."""
     static_fraction: float = 0.05
     """Fraction of the steps spent on the static warm-up (canonical splats only). A long
     warm-up bakes the motion within the first window into a blur: 5000 steps, with
@@ -205,16 +205,17 @@ class Splat4DConfig(SplatConfig):
     Measured on the bundled scene, canonical splats frozen at the truth (a static splat
     from 60 views of t = 0, 33.2 dB), only the motion trained on the first 20 frames (1700
     steps, 512 controls; its ``time_window`` of 0.1 of those frames' times holds two
-    frames, 9 degrees of the ball's turn): the ball turned 50 of its 137 degrees at frame 15 with
-    ``field``, 73 with ``frames``, 90 with ``frames`` and 3x its learning rates (99 in
-    3400 steps). A free rigid transform of the ball's own Gaussians recovers 27 degrees
-    from one frame in 75 steps, so the photometric signal is there. In full 5000-step
-    runs (seed 0) ``frames`` did worse: 21.1 dB / 8.9% (3x rates), 21.8 / 7.4% (and
-    ``hold_extrapolate``) against 24.7 / 5.0% for the defaults. With one view per frame
-    each frame's free motions fit that view: the static disc's controls drift (its error
-    4-6% against 1.8%) and far views at late times shatter it. 10x the rigidity and
-    100x the smoothness made it worse (20.0-20.3 dB, 11%), and so did 10x the rigidity
-    with ``control_arap_weight`` 100 (19.0 dB, 11%). Off by default."""
+    frames, 9 degrees of the ball's turn): the ball turned 50 of its 137 degrees at
+    frame 15 with ``field``, 73 with ``frames``, 90 with ``frames`` and 3x its learning
+    rates (99 in 3400 steps). A free rigid transform of the ball's own Gaussians
+    recovers 27 degrees from one frame in 75 steps, so the photometric signal is there.
+    In full 5000-step runs (seed 0) ``frames`` did worse: 21.1 dB / 8.9% (3x rates),
+    21.8 / 7.4% (and ``hold_extrapolate``) against 24.7 / 5.0% for the defaults. With
+    one view per frame each frame's free motions fit that view: the static disc's
+    controls drift (its error 4-6% against 1.8%) and far views at late times shatter it.
+    10x the rigidity and 100x the smoothness made it worse (20.0-20.3 dB, 11%), and so
+    did 10x the rigidity with ``control_arap_weight`` 100 (19.0 dB, 11%). Off by
+    default."""
     motion_bases: int = 16
     """``control_motion`` ``bases`` (Shape of Motion's motion bases): this many rigid
     motions per training frame, each pivoting about a k-means centre of the dense solid
@@ -1274,15 +1275,6 @@ def quat_multiply(a: Tensor, b: Tensor) -> Tensor:
         ],
         dim=-1,
     )
-
-
-def blend_quats(q: Tensor, weights: Tensor, ref: Tensor) -> Tensor:
-    """Weighted blend of unit quaternions ``q`` [...,n,4] by ``weights`` [...,n], each
-    first flipped into the hemisphere of ``ref`` [...,1,4] (so that q and -q do not
-    cancel), normalised: [...,4]."""
-    q = q * torch.sign((q * ref).sum(-1, keepdim=True) + 1e-12)
-    blend = (weights[..., None] * q).sum(-2)
-    return blend / blend.norm(dim=-1, keepdim=True).clamp_min(1e-8)
 
 
 def kmeans(points: Tensor, k: int, iterations: int = 50) -> Tensor:
