@@ -112,7 +112,11 @@ class Splat4DConfig(SplatConfig):
     trains, even one that starts true, absorbs the ball's turn. But that harness's 117
     degrees hold for its 20 frames only: on all 60 frames (5000 steps) the frozen
     truth's bases turned the ball 16 of 137 degrees by frame 15, and 47 with a first
-    window of two frames (``time_window`` 0.02)."""
+    window of two frames (``time_window`` 0.02). Also not kept: each frame that joins
+    trained alone, motion only, for its first 40 steps (sequential tracking): 23.78 dB /
+    6.27%, and 22.26 / 6.47% with ``time_window`` 0.02; with the bases on the frozen
+    truth (all 60 frames) 87 of 137 degrees at frame 15, 36 with control smoothness
+    1000."""
     window_fraction: float = 0.7
     """A short widening leaves more steps on every frame: frames that join late are
     otherwise under-fitted (train PSNR fell from 31 dB at the first time to 22 at the
@@ -248,7 +252,23 @@ class Splat4DConfig(SplatConfig):
     that every frame's view fits every coefficient: 22.42 dB / 5.74% (ball 20.2%, cube
     3.3, disc 3.0); the same per control (``frames``) 21.69 / 6.03%; with
     ``time_window`` 0.02 18.75 / 8.03%. With the canonical frozen at the truth (the
-    harness above) the curves turned the ball only 31 of 137 degrees."""
+    harness above) the curves turned the ball only 31 of 137 degrees.
+    What the bases lack, from a probe outside the trainer (canonical frozen, one rigid
+    motion per part, each frame in turn fitted alone for 40 Adam steps from the motion
+    of the frame before; L1 to its image; points' error over all 60 frames, 2% of the
+    radius is 2.4 cm):
+    - true canonical, true parts: the ball follows its whole 540 degrees (about 1 degree
+      off, its points 1-7 cm); carrying the last change on instead diverged by frame 20;
+    - true canonical, the disc known to be static, the moving splats split into 3 by
+      k-means: ball 2-7 cm, arm about 1, the cube lost from frame 40 (20 cm);
+    - true canonical, 16 or 64 k-means parts over all splats, none held still: the disc
+      drifts 30 cm, the ball 35-40;
+    - true parts, the canonical of a default run (its splats at t = 0): cube 2-5 cm, arm
+      1-3, the ball lost (30 cm); the same from the truth-initialised run of
+      ``window_focus``: the ball lost too (24 cm at frame 10).
+    So frame-by-frame rigid tracking works once the rigid parts (a static one among
+    them) are known and the canonical ball is sharp; the soft bases find neither, and
+    joint training blurs even a true canonical ball."""
     basis_spread: float = 0.25
     """The controls' first basis weights: a softmax of -d^2 / (2 s^2), d the distance to
     each pivot and s this fraction of the mean distance between neighbouring pivots."""
