@@ -258,17 +258,18 @@ class Splat4DConfig(SplatConfig):
     of the frame before; L1 to its image; points' error over all 60 frames, 2% of the
     radius is 2.4 cm):
     - true canonical, true parts: the ball follows its whole 540 degrees (about 1 degree
-      off, its points 1-7 cm); carrying the last change on instead diverged by frame 20;
+      off, its points 0.5-7 cm); carrying the last change on instead diverged by frame 20;
     - true canonical, the disc known to be static, the moving splats split into 3 by
       k-means: ball 2-7 cm, arm about 1, the cube lost from frame 40 (20 cm);
     - true canonical, 16 or 64 k-means parts over all splats, none held still: the disc
-      drifts 30 cm, the ball 35-40;
+      drifts 30 cm, the ball 30-40 from mid-video;
     - true parts, the canonical of a default run (its splats at t = 0): cube 2-5 cm, arm
       1-3, the ball lost (30 cm); the same from the truth-initialised run of
       ``window_focus``: the ball lost too (24 cm at frame 10).
     - true parts, each frame tracked then mapped (80 Adam steps on the colours over the
       frames tracked so far, half on the newest): from the true splats with the ball's
-      colours wiped to their mean, the ball stays 0.6-6 cm off through all 60 frames;
+      colours wiped to their mean, the ball stays 0.6-6 cm off through all 60 frames
+      (the arm slipped to 12 cm at frame 40, then came back);
       from the defaults' canonical it is lost (15-30 cm): its ball splats fill the
       sphere (median radius 0.75 of the ball's, against 0.90 for the truth). Mapping
       the positions and shapes too kept it at 6-8 cm to the end (these errors include
@@ -276,8 +277,8 @@ class Splat4DConfig(SplatConfig):
     - The defaults' field trajectories segment the scene: splats that move more than 5
       cm over the video are the moving ones (1.4% of the disc's flagged, at most 1.2%
       of each moving part's missed), and a spectral clustering of those by how much
-      their pairwise distances vary over time gives 3 parts: the ball's 1750 pure, the
-      cube's 897 pure, the arm's 1122 with 124 disc and 66 cube splats.
+      their pairwise distances vary over time gives 3 parts (of 4000 sampled): the ball's 1750 with 4 disc splats, the cube's 897
+      with 27 others, the arm's 1122 with 124 disc and 66 cube splats.
     So frame-by-frame rigid tracking works once the rigid parts (a static one among
     them) are known and the canonical is a surface, not a filled blur; the soft bases
     find neither, and joint training blurs even a true canonical ball."""
