@@ -277,8 +277,9 @@ class Splat4DConfig(SplatConfig):
     - The defaults' field trajectories segment the scene: splats that move more than 5
       cm over the video are the moving ones (1.4% of the disc's flagged, at most 1.2%
       of each moving part's missed), and a spectral clustering of those by how much
-      their pairwise distances vary over time gives 3 parts (of 4000 sampled): the ball's 1750 with 4 disc splats, the cube's 897
-      with 27 others, the arm's 1122 with 124 disc and 66 cube splats.
+      their pairwise distances vary over time gives 3 parts (of 4000 sampled): the
+      ball's 1750 with 4 disc splats, the cube's 897 with 27 others, the arm's 1122
+      with 124 disc and 66 cube splats.
     So frame-by-frame rigid tracking works once the rigid parts (a static one among
     them) are known and the canonical is a surface, not a filled blur; the soft bases
     find neither, and joint training blurs even a true canonical ball."""
