@@ -286,7 +286,9 @@ class Splat4DConfig(SplatConfig):
       1.67% of the radius (ball 7.7, cube 2.7, arm 3.9, disc 0) from the truth's own
       start points, against 5.00% for the defaults through the export (whose start
       points alone are 2.5% off at t = 0). With the true parts: 23.63 dB / 1.40%
-      before the joint steps.
+      before the joint steps. From the seed-1 defaults run: 22.87 dB / 1.46%. Twice
+      the steps per frame (80 tracking, 160 mapping) lost the arm and the ball: 19.77
+      dB / 7.0% (arm 48%, ball 17.6%): the mapping's free positions need holding.
     So frame-by-frame rigid tracking works once the rigid parts (a static one among
     them) are known and the canonical is a surface, not a filled blur; the soft bases
     find neither, and joint training blurs even a true canonical ball."""
