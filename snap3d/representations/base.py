@@ -169,6 +169,11 @@ class SceneModel(nn.Module):
     def after_step(self, step: int, output: RenderOutput, optimizers: dict) -> None:
         """Called after the optimizers stepped (densification, pruning, ...)."""
 
+    def finish_training(self, dataset: SceneDataset, progress: bool = True) -> None:
+        """Called once the trainer's steps are done, before the final checkpoint: a stage
+        that is not a step of the loop (splat4d's rigid parts). It must leave the model
+        as it was when interrupted, so that ``--resume`` runs it again."""
+
     def training_state(self) -> dict[str, Tensor]:
         """Tensors besides parameters that exact resumption needs (strategy statistics)."""
         return {}

@@ -247,6 +247,7 @@ class Trainer:
                         result = self.run_eval()
                         if result and writer is not None:
                             writer.add_scalar("eval/psnr", result["psnr"], self.step)
+            self.model.finish_training(self.train_data, progress=cfg.progress)
         except KeyboardInterrupt:
             ckpt = self.save()
             print(f"\ninterrupted at step {self.step}; saved {ckpt}; continue with --resume")
