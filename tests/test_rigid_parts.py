@@ -297,3 +297,43 @@ def test_trajectory_export_carries_each_pixel_rigidly_with_its_part():
         got = video.xyz[k][tracked]
         torch.testing.assert_close(got[moved], expected[moved], atol=1e-4, rtol=0)
         torch.testing.assert_close(got[~moved], start[~moved])
+
+
+def test_rigid_parts_train_on_multiview_video(tmp_path):
+    """Several views per frame (nerfstudio layout with a per-frame time): each tracking
+    and mapping step draws one of the frame's views."""
+    from tests.test_splat4d import write_multiview_video
+
+    data = write_multiview_video(tmp_path / "scene", views=2, frames=3)
+    config = Splat4DConfig(
+        **TINY | {"static_fraction": 0.25, "rigid_parts": 1, "part_track_steps": 2,
+                  "part_map_steps": 2, "part_refine_steps": 2}
+    )  # fmt: skip
+    trainer = Trainer(
+        "splat4d",
+        config,
+        TrainConfig(data=data, output=tmp_path / "run", max_steps=4, device="cpu",
+                    progress=False, save_every=0),
+    )  # fmt: skip
+    trainer.setup()
+    trainer.train()
+    model = trainer.model
+    assert model.has_parts and model.part_quats.shape == (3, 2, 4)
+    assert torch.isfinite(model.part_shifts).all()
+    result = trainer.run_eval()
+    assert result is not None and math.isfinite(result["psnr"])
+
+
+def test_rigid_parts_need_a_video(tmp_path):
+    from snap3d.errors import Snap3dError
+
+    model = Splat4DModel(Splat4DConfig(**TINY | {"rigid_parts": 2}), SCENE)
+    model.set_splats(random_splats(50))
+    model.deformation.set_frames(torch.zeros(1))
+
+    class Still:
+        times = None
+        root = tmp_path
+
+    with pytest.raises(Snap3dError, match="needs a video"):
+        model.finish_training(Still())
