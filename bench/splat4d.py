@@ -40,6 +40,23 @@ ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "assets" / "dynamic"
 
 
+def timed(trainer) -> dict:
+    """Train (or resume) a set-up ``trainer`` to its end and evaluate it: wall seconds,
+    CPU/wall ratio, test scores and the final Gaussian count."""
+    cpu0, wall0 = time.process_time(), time.perf_counter()
+    trainer.train()
+    wall = time.perf_counter() - wall0
+    cpu = time.process_time() - cpu0
+    result = trainer.run_eval()
+    return {
+        "seconds": round(wall, 1),
+        "cpu_over_wall": round(cpu / wall, 2),
+        "test_psnr": round(result["psnr"], 3),
+        "test_ssim": round(result["ssim"], 4),
+        "gaussians": trainer.model.num_gaussians,
+    }
+
+
 def train(method: str, steps: int | None, workdir: Path, device: str = "cpu") -> dict:
     """Train ``method`` on the dynamic scene; returns its run directory and scores."""
     from snap3d.train import TrainConfig, Trainer, get_method
@@ -50,21 +67,17 @@ def train(method: str, steps: int | None, workdir: Path, device: str = "cpu") ->
     )
     trainer = Trainer(method, get_method(method).config_cls(), config)
     trainer.setup()
-    cpu0, wall0 = time.process_time(), time.perf_counter()
-    trainer.train()
-    wall = time.perf_counter() - wall0
-    cpu = time.process_time() - cpu0
-    result = trainer.run_eval()
-    print(f"{method}: {trainer.step} steps in {wall:.0f} s, {result['psnr']:.2f} dB", flush=True)
+    scores = timed(trainer)
+    wall = scores.pop("seconds")
+    print(
+        f"{method}: {trainer.step} steps in {wall:.0f} s, {scores['test_psnr']:.2f} dB", flush=True
+    )
     return {
         "run_dir": run_dir,
         "steps": trainer.step,
-        "train_seconds": round(wall, 1),
+        "train_seconds": wall,
         "ms_per_step": round(1000 * wall / max(trainer.step, 1), 1),
-        "cpu_over_wall": round(cpu / wall, 2),
-        "test_psnr": round(result["psnr"], 3),
-        "test_ssim": round(result["ssim"], 4),
-        "gaussians": trainer.model.num_gaussians,
+        **scores,
     }
 
 
@@ -82,28 +95,16 @@ def with_rigid_parts(run_dir: Path, parts: int, workdir: Path) -> dict:
     saved = json.loads(config_path.read_text())
     saved["model"]["rigid_parts"] = parts
     config_path.write_text(json.dumps(saved, indent=1))
-    spec = get_method("splat4d")
     config = TrainConfig(
         output=copy, device=saved["train"]["device"], progress=False, save_every=0, resume=True,
         max_steps=saved["train"]["max_steps"],
     )  # fmt: skip
-    trainer = Trainer("splat4d", spec.config_cls(), config)
+    trainer = Trainer("splat4d", get_method("splat4d").config_cls(), config)
     trainer.setup()
-    cpu0, wall0 = time.process_time(), time.perf_counter()
-    trainer.train()
-    wall = time.perf_counter() - wall0
-    cpu = time.process_time() - cpu0
-    result = trainer.run_eval()
-    print(f"splat4d + {parts} rigid parts: {wall:.0f} s, {result['psnr']:.2f} dB", flush=True)
-    return {
-        "run_dir": copy,
-        "rigid_parts": parts,
-        "parts_seconds": round(wall, 1),
-        "cpu_over_wall": round(cpu / wall, 2),
-        "test_psnr": round(result["psnr"], 3),
-        "test_ssim": round(result["ssim"], 4),
-        "gaussians": trainer.model.num_gaussians,
-    }
+    scores = timed(trainer)
+    wall = scores.pop("seconds")
+    print(f"splat4d + {parts} rigid parts: {wall:.0f} s, {scores['test_psnr']:.2f} dB", flush=True)
+    return {"run_dir": copy, "rigid_parts": parts, "parts_seconds": wall, **scores}
 
 
 def trajectory_scores(run_dir: Path, workdir: Path) -> dict:

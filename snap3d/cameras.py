@@ -390,6 +390,21 @@ def quat_to_rotmat(quats: Tensor) -> Tensor:
     ).reshape(*q.shape[:-1], 3, 3)  # fmt: skip
 
 
+def quat_multiply(a: Tensor, b: Tensor) -> Tensor:
+    """[...,4] Hamilton product a * b of (w, x, y, z) quaternions (rotate by b, then a)."""
+    aw, ax, ay, az = a.unbind(-1)
+    bw, bx, by, bz = b.unbind(-1)
+    return torch.stack(
+        [
+            aw * bw - ax * bx - ay * by - az * bz,
+            aw * bx + ax * bw + ay * bz - az * by,
+            aw * by - ax * bz + ay * bw + az * bx,
+            aw * bz + ax * by - ay * bx + az * bw,
+        ],
+        dim=-1,
+    )
+
+
 def blend_quats(q: Tensor, weights: Tensor, ref: Tensor) -> Tensor:
     """Weighted blend of unit quaternions ``q`` [...,n,4] by ``weights`` [...,n], each
     first flipped into the hemisphere of ``ref`` [...,1,4] (so that q and -q do not

@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import Tensor
 
-from snap3d.cameras import quat_to_rotmat
+from snap3d.cameras import quat_multiply, quat_to_rotmat
 from snap3d.representations.rigid_parts import (
     axis_angle_quat,
     move_parts,
@@ -20,7 +20,7 @@ from snap3d.representations.rigid_parts import (
     total_steps,
     track_and_map,
 )
-from snap3d.representations.splat4d import Splat4DConfig, Splat4DModel, quat_multiply
+from snap3d.representations.splat4d import Splat4DConfig, Splat4DModel
 from snap3d.train import TrainConfig, Trainer, load_model
 from tests.test_splat4d import SCENE, TINY, orbit_cameras, random_splats
 

@@ -30,7 +30,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from snap3d.cameras import blend_quats, quat_to_rotmat
+from snap3d.cameras import blend_quats, quat_multiply, quat_to_rotmat
 
 
 def segment_parts(
@@ -111,8 +111,6 @@ def move_parts(
     """The Gaussians ``gaussians`` (raw, as ``SplatModel.splats``) moved by their parts'
     rigid motions: rotation ``quats`` [P,4] about ``centers`` [P,3], then ``shifts``
     [P,3]; ``labels`` [N] index the parts."""
-    from snap3d.representations.splat4d import quat_multiply
-
     q = quats / quats.norm(dim=-1, keepdim=True).clamp_min(1e-12)
     R = quat_to_rotmat(q)  # [P,3,3]
     c = centers[labels]
@@ -202,8 +200,6 @@ def track_and_map(
         loss.backward()
         mapper.step()
 
-    from snap3d.representations.splat4d import quat_multiply
-
     for f in range(F):
         if f > 0:
             quats[f], shifts[f] = quats[f - 1], shifts[f - 1]
@@ -256,7 +252,7 @@ def track_and_map(
             refiner.step()
             if mapper is not None:
                 mapper.step()
-            if progress is not None and (i + 1) % 50 == 0:
+            if progress is not None and ((i + 1) % 50 == 0 or i + 1 == refine_steps):
                 progress(done + i + 1)
         with torch.no_grad():
             quats = quat_multiply(axis_angle_quat(turns * moves), quats)

@@ -43,7 +43,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from snap3d.cameras import Cameras, blend_quats, quat_to_rotmat
+from snap3d.cameras import Cameras, blend_quats, quat_multiply, quat_to_rotmat
 from snap3d.data.dataset import SceneDataset
 from snap3d.errors import Snap3dError
 from snap3d.render import rasterize_gaussians
@@ -392,19 +392,25 @@ class Splat4DConfig(SplatConfig):
     475-500 s more on one thread. The disc's pixels that the export keeps still are
     within 0.6% of the radius; what is left is the ball (11.7%, 3.6% and 5.0%: its
     spin), the arm in seed 1 (9.0%), and about 60 pixels at the moving objects' edges
-    that the truth puts on the disc behind them (38%, in one run). The
-    ball's spin is the weak point: tracking leaves it unturned over the first frames (19
-    deg behind at frame 2, its centre 5 cm off; without mapping, with 40 or 200 tracking
-    steps a frame alike), although at the true shift the photometric loss is lowest at
-    the true spin: the joint fit of turn and shift stops in a local minimum. The
-    cameras teleport (frame 2 looks from 117 deg away), so each new frame shows sides
-    of the ball that the field's canonical splats got wrong, and mapping alone can
-    explain frames 0-2 with no motion at all (L1 4.4e-3, against 11.8e-3 at the true
-    motion). Tried on
-    seed 0 and worse: 80 tracking steps (5.15%) and 4000 refinement steps (3.60%), both
-    against 3.44% with the export's earlier blend of displacements; a soft
-    constant-velocity prior in tracking (7.7%). The means' mapping rate at 3e-4 instead
-    of 1e-3 gave 23.64 dB / 3.34%."""
+    that the truth puts on the disc behind them (38%, in one run).
+
+    The ball's spin is the weak point. Tracking leaves it unturned over the first frames
+    (19 deg behind at frame 2, its centre 5 cm off; without mapping, with 40 or 200
+    tracking steps a frame alike), although at the true shift the photometric loss is
+    lowest at the true spin: the joint fit of turn and shift stops in a local minimum.
+    The cameras teleport (frame 2 looks from 117 deg away), so each new frame shows
+    sides of the ball that the field's canonical splats got wrong; and mapping can
+    explain the first frames with no motion at all (frame 1: L1 4.4e-3 with the parts
+    held still, against 11.8e-3 at the true motion). Tried on seed 0 and worse: 80
+    tracking steps (5.15%) and 4000 refinement steps (3.60%), both against 3.44% with
+    the export's earlier blend of displacements; a soft constant-velocity prior in
+    tracking (7.7%). The means' mapping rate at 3e-4 instead of 1e-3 gave 23.64 dB /
+    3.34%. Filming the export's first frame at the training resolution (a pixel centre
+    on each export pixel's centre) took the disc from 1.56 to 0.80% but the objects'
+    edges the other way: 3.06% overall here, and 5.13% for the field (against 5.00). A
+    second tracking pass over every frame (the first too) against the finished splats,
+    then 2000 refinement steps, gave 3.45%: the splats had taken on the first pass's
+    motions."""
     part_static_motion: float = 0.044
     """Splats whose field trajectory strays less than this fraction of the scene radius
     (half the diagonal of the solid splats' box at the first frame) from its start are
@@ -1177,7 +1183,8 @@ class Splat4DModel(SplatModel):
             solid = torch.sigmoid(start["opacities"]) > 0.1
             # the scene's size: half the diagonal of the solid splats' robust box (the
             # scene box of a D-NeRF capture is a generic one, often far larger)
-            box = torch.quantile(start["means"][solid].cpu(), torch.tensor([0.01, 0.99]), dim=0)
+            means = start["means"][solid] if int(solid.sum()) >= 2 else start["means"]
+            box = torch.quantile(means.cpu(), torch.tensor([0.01, 0.99]), dim=0)
             radius = float((box[1] - box[0]).norm()) / 2
             labels = segment_parts(
                 paths,
@@ -1488,21 +1495,6 @@ def time_cells(config: Splat4DConfig, num_frames: int) -> int:
     if num_frames <= 0:
         return 25
     return max(2, round(num_frames / config.frames_per_time_cell))
-
-
-def quat_multiply(a: Tensor, b: Tensor) -> Tensor:
-    """[...,4] Hamilton product a * b of (w, x, y, z) quaternions (rotate by b, then a)."""
-    aw, ax, ay, az = a.unbind(-1)
-    bw, bx, by, bz = b.unbind(-1)
-    return torch.stack(
-        [
-            aw * bw - ax * bx - ay * by - az * bz,
-            aw * bx + ax * bw + ay * bz - az * by,
-            aw * by - ax * bz + ay * bw + az * bx,
-            aw * bz + ax * by - ay * bx + az * bw,
-        ],
-        dim=-1,
-    )
 
 
 def kmeans(points: Tensor, k: int, iterations: int = 50) -> Tensor:
