@@ -31,6 +31,7 @@ import torch
 from torch import Tensor
 
 from snap3d.cameras import blend_quats, quat_multiply, quat_to_rotmat
+from snap3d.representations.trajectory import between_frames
 
 
 def segment_parts(
@@ -123,21 +124,17 @@ def move_parts(
 
 
 def parts_at(
-    frame_times: Tensor, quats: Tensor, shifts: Tensor, time: float
+    frame_times: Tensor, quats: Tensor, shifts: Tensor, time: float | Tensor
 ) -> tuple[Tensor, Tensor]:
-    """The parts' motion at ``time`` ([P,4], [P,3]): blended between the two frames
-    around it (clamped to the first and last)."""
-    F = len(frame_times)
-    if F == 1:
-        return quats[0], shifts[0]
-    t = torch.as_tensor([float(time)], dtype=frame_times.dtype, device=frame_times.device)
-    hi = int(torch.searchsorted(frame_times, t).clamp(1, F - 1))
-    lo = hi - 1
-    w = float(((t - frame_times[lo]) / (frame_times[hi] - frame_times[lo])).clamp(0, 1))
-    pair = torch.stack([quats[lo], quats[hi]], 1)  # [P,2,4]
-    weights = torch.tensor([1 - w, w], device=quats.device).expand(len(pair), 2)
-    q = blend_quats(pair, weights, pair[:, :1])
-    return q, shifts[lo] * (1 - w) + shifts[hi] * w
+    """The parts' motion at ``time``, blended between the two frames around it (clamped
+    to the first and last): quats [P,4] and shifts [P,3], or [T,P,...] for times [T]."""
+    t = torch.as_tensor(time, dtype=frame_times.dtype, device=frame_times.device)
+    lo, hi, w = between_frames(frame_times, t.reshape(-1))
+    pair = torch.stack([quats[lo], quats[hi]], 2)  # [T,P,2,4]
+    weights = torch.cat([1 - w, w], 1)[:, None].expand(-1, pair.shape[1], 2)
+    q = blend_quats(pair, weights, pair[:, :, :1])
+    s = shifts[lo] * (1 - w[:, :, None]) + shifts[hi] * w[:, :, None]
+    return (q, s) if t.dim() > 0 else (q[0], s[0])
 
 
 def track_and_map(
@@ -210,17 +207,13 @@ def track_and_map(
             )
             frozen = {k: v.detach() for k, v in params.items()}
             for _ in range(track_steps):
-                q = quat_multiply(axis_angle_quat(turn * moves), quats[f])
-                loss = render_loss(
-                    move_parts(frozen, labels, centers, q, shifts[f] + shift * moves),
-                    pick(frame_views[f]),
-                )
+                q, s = nudged(quats[f], shifts[f], turn * moves, shift * moves)
+                loss = render_loss(move_parts(frozen, labels, centers, q, s), pick(frame_views[f]))
                 tracker.zero_grad()
                 loss.backward()
                 tracker.step()
             with torch.no_grad():
-                quats[f] = quat_multiply(axis_angle_quat(turn * moves), quats[f])
-                shifts[f] = shifts[f] + shift * moves
+                quats[f], shifts[f] = nudged(quats[f], shifts[f], turn * moves, shift * moves)
             done += track_steps
         for i in range(map_steps if f > 0 else 3 * map_steps):
             # half on the newest frame, half on a random frame tracked so far
@@ -240,11 +233,8 @@ def track_and_map(
         )
         for i in range(refine_steps):
             g = int(torch.randint(F, (1,), generator=generator))
-            q = quat_multiply(axis_angle_quat(turns[g] * moves), quats[g])
-            loss = render_loss(
-                move_parts(params, labels, centers, q, shifts[g] + moved[g] * moves),
-                pick(frame_views[g]),
-            )
+            q, s = nudged(quats[g], shifts[g], turns[g] * moves, moved[g] * moves)
+            loss = render_loss(move_parts(params, labels, centers, q, s), pick(frame_views[g]))
             refiner.zero_grad()
             if mapper is not None:
                 mapper.zero_grad()
@@ -255,10 +245,15 @@ def track_and_map(
             if progress is not None and ((i + 1) % 50 == 0 or i + 1 == refine_steps):
                 progress(done + i + 1)
         with torch.no_grad():
-            quats = quat_multiply(axis_angle_quat(turns * moves), quats)
-            shifts = shifts + moved * moves
+            quats, shifts = nudged(quats, shifts, turns * moves, moved * moves)
     quats = quats / quats.norm(dim=-1, keepdim=True)
     return {k: v.detach() for k, v in params.items()}, quats.detach(), shifts.detach()
+
+
+def nudged(quats: Tensor, shifts: Tensor, turn: Tensor, shift: Tensor) -> tuple[Tensor, Tensor]:
+    """Part motions ``quats`` [...,4], ``shifts`` [...,3] followed by a further turn
+    (axis-angle [...,3], about each part's current centre) and shift [...,3]."""
+    return quat_multiply(axis_angle_quat(turn), quats), shifts + shift
 
 
 def total_steps(frames: int, track_steps: int, map_steps: int, refine_steps: int) -> int:

@@ -59,6 +59,7 @@ from snap3d.representations.rigid_parts import (
 from snap3d.representations.splat import SplatConfig, SplatModel
 from snap3d.representations.trajectory import (
     PointTrajectoryVideo,
+    between_frames,
     nearest_neighbors,
     point_visibility,
     rigidity_loss,
@@ -507,21 +508,9 @@ class DeformationField(nn.Module):
         self.control_shifts = nn.Parameter(self.control_shifts.new_zeros(F, K, 3))
         self.control_turns = nn.Parameter(self.control_turns.new_zeros(F, K, 4))
 
-    def _between_frames(self, times: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """For times [N]: the frames before and after ([N] indices) and the weight [N,1]
-        of the later one (clamped to the first and last frames)."""
-        frames = self.frame_times
-        if len(frames) == 1:
-            zero = torch.zeros(len(times), dtype=torch.long, device=times.device)
-            return zero, zero, times.new_zeros(len(times), 1)
-        hi = torch.searchsorted(frames, times.contiguous()).clamp(1, len(frames) - 1)
-        lo = hi - 1
-        w = ((times - frames[lo]) / (frames[hi] - frames[lo])).clamp(0, 1)[:, None]
-        return lo, hi, w
-
     def frame_code(self, times: Tensor) -> Tensor:
         """[N,D] codes at times [N]: linear between the codes of the nearest frames."""
-        lo, hi, w = self._between_frames(times)
+        lo, hi, w = between_frames(self.frame_times, times)
         return self.frame_codes[lo] * (1 - w) + self.frame_codes[hi] * w
 
     def control_motion(self, times: Tensor, controls: Tensor) -> tuple[Tensor, Tensor]:
@@ -530,7 +519,7 @@ class DeformationField(nn.Module):
         give them), the table linear in time between frames. With motion bases, each
         control moves as the blend of the bases' motions that its weights give."""
         count = len(controls)
-        lo, hi, w = self._between_frames(times)
+        lo, hi, w = between_frames(self.frame_times, times)
         w = w[:, :, None]
         bases = self.basis_pivots.shape[0] > 0
         shifts = self.control_shifts if bases else self.control_shifts[:, :count]
@@ -1340,18 +1329,15 @@ class Splat4DModel(SplatModel):
         if self.has_parts:
             # each pixel's point belongs to the part that most of its opacity comes
             # from, and moves rigidly with it (a blend would smear parts at their edges)
-            parts = len(self.part_centers)
-            member = nn.functional.one_hot(self.part_labels, parts).float()
-            carried, alpha0, _ = self.rasterize(
-                frames[0], cameras[0], colors=member, render_mode="RGB+ED"
-            )
+            features = nn.functional.one_hot(self.part_labels, len(self.part_centers))
+            features = features.float()
         else:
             # [N, 3T]: every Gaussian's displacement from the first time to each time; one
             # pass with the first time's geometry composites them (and the expected depth).
-            moves = torch.cat([g["means"] - frames[0]["means"] for g in frames], dim=-1)
-            carried, alpha0, _ = self.rasterize(
-                frames[0], cameras[0], colors=moves, render_mode="RGB+ED"
-            )
+            features = torch.cat([g["means"] - frames[0]["means"] for g in frames], dim=-1)
+        carried, alpha0, _ = self.rasterize(
+            frames[0], cameras[0], colors=features, render_mode="RGB+ED"
+        )
         H, W = cameras.height, cameras.width
         tracked = alpha0[0, ..., 0] > 0.5
         # the surface point of each pixel at the first time: on the pixel's ray at the
@@ -1394,10 +1380,11 @@ class Splat4DModel(SplatModel):
     def _carry_by_parts(self, start: Tensor, part: Tensor, times: Tensor) -> Tensor:
         """[H,W,T,3]: points ``start`` [H,W,3] at ``times[0]``, each carried through
         ``times`` [T] by the rigid motion of its part ``part`` [H,W]."""
-        frames, centers = self.deformation.frame_times, self.part_centers
-        motions = [parts_at(frames, self.part_quats, self.part_shifts, t) for t in times]
-        R = torch.stack([quat_to_rotmat(q / q.norm(dim=-1, keepdim=True)) for q, _ in motions])
-        shift = torch.stack([s for _, s in motions])  # [T,P,3]
+        centers = self.part_centers
+        quats, shift = parts_at(
+            self.deformation.frame_times, self.part_quats, self.part_shifts, times
+        )
+        R = quat_to_rotmat(quats.reshape(-1, 4)).reshape(*quats.shape[:2], 3, 3)  # [T,P,3,3]
         c, R0, s0 = centers[part], R[0][part], shift[0][part]  # [H,W,...]
         # back to the canonical pose (R0 is a rotation: its inverse is its transpose)
         local = torch.einsum("hwji,hwj->hwi", R0, start - c - s0)

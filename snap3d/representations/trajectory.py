@@ -182,6 +182,19 @@ def point_visibility(
 # -- regularisers ----------------------------------------------------------------------
 
 
+def between_frames(frames: Tensor, times: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """For times [N] among sorted frame times ``frames`` [F]: the frames before and
+    after ([N] indices) and the weight [N,1] of the later one (clamped to the first and
+    last frames)."""
+    if len(frames) == 1:
+        zero = torch.zeros(len(times), dtype=torch.long, device=times.device)
+        return zero, zero, times.new_zeros(len(times), 1)
+    hi = torch.searchsorted(frames, times.contiguous()).clamp(1, len(frames) - 1)
+    lo = hi - 1
+    w = ((times - frames[lo]) / (frames[hi] - frames[lo])).clamp(0, 1)[:, None]
+    return lo, hi, w
+
+
 def nearest_neighbors(points: Tensor, k: int, queries: Tensor | None = None) -> Tensor:
     """[Q,k] indices into ``points`` [P,3] of the k nearest to each query [Q,3] (default:
     each point itself, excluding it)."""
