@@ -14,11 +14,16 @@ from torch import Tensor
 from snap3d.cameras import quat_multiply, quat_to_rotmat
 from snap3d.representations.rigid_parts import (
     axis_angle_quat,
+    fit_rigid,
+    motion_roughness,
     move_parts,
     parts_at,
+    quat_axis_angle,
+    reassign_parts,
     segment_parts,
     total_steps,
     track_and_map,
+    turn_rates,
 )
 from snap3d.representations.splat4d import Splat4DConfig, Splat4DModel
 from snap3d.train import TrainConfig, Trainer, load_model
@@ -54,6 +59,43 @@ def test_axis_angle_quat_matches_the_rotation_and_is_smooth_at_zero():
     q.sum().backward()
     assert torch.isfinite(w.grad).all()
     torch.testing.assert_close(w.grad[2], torch.full((3,), 0.5))  # d(sin(|w|/2) w/|w|)/dw
+
+
+def test_quat_axis_angle_inverts_axis_angle_quat_both_ways_round():
+    w = torch.tensor([[0.0, 0, 0], [1e-8, 0, 0], [0.3, -0.2, 0.5], [0, 0, 3.0], [-2, 1, 0.5]])
+    q = axis_angle_quat(w)
+    torch.testing.assert_close(quat_axis_angle(q), w)
+    torch.testing.assert_close(quat_axis_angle(-q), w)  # q and -q: the same rotation
+    w.requires_grad_(True)
+    quat_axis_angle(axis_angle_quat(w)).sum().backward()
+    torch.testing.assert_close(w.grad, torch.ones_like(w))  # finite at zero too
+
+
+def test_turn_rates_are_per_mean_interval_and_motion_roughness_sees_only_changes():
+    times = torch.tensor([0.0, 0.1, 0.3, 0.4, 0.6])  # uneven frames
+    steps = (times[1:] - times[:-1]) / (times[1:] - times[:-1]).mean()
+    spin = torch.tensor([0.1, -0.2, 0.3])  # a steady spin: radians per unit time
+    turns = times[:, None, None] * torch.stack([torch.zeros(3), spin])  # [F,2,3]
+    quats = axis_angle_quat(turns)
+    rates = turn_rates(quats, steps)  # [F-1,2,3]
+    mean_gap = float((times[1:] - times[:-1]).mean())
+    torch.testing.assert_close(rates[:, 1], (spin * mean_gap).expand(4, 3))
+    torch.testing.assert_close(rates[:, 0], torch.zeros(4, 3))
+    shifts = times[:, None, None] * torch.tensor([[0.0, 0, 0], [0.5, 0.0, -0.2]])
+    assert float(motion_roughness(quats, shifts, steps, 1.0)) < 1e-10  # steady: smooth
+    # a jerk of 0.01 at one frame: its velocity changes by 0.01 / step on either side
+    jerked = shifts.clone()
+    jerked[2, 1, 0] += 0.01
+    v_change = 0.01 * torch.tensor([1 / steps[1], 1 / steps[1] + 1 / steps[2], 1 / steps[2]])
+    expected = float((v_change**2).mean())
+    assert float(motion_roughness(quats, jerked, steps, 1.0)) == pytest.approx(expected, rel=1e-4)
+    # lengths count in length_unit; the static part 0 is left out
+    assert float(motion_roughness(quats, jerked, steps, 2.0)) == pytest.approx(
+        expected / 4, rel=1e-4
+    )
+    shaken = shifts.clone()
+    shaken[2, 0] += 1.0
+    assert float(motion_roughness(quats, shaken, steps, 1.0)) < 1e-10
 
 
 def test_move_parts_turns_each_part_about_its_centre():
@@ -116,6 +158,50 @@ def test_segment_parts_finds_the_rigid_bodies_and_the_static_points():
     assert (segment_parts(paths[:40], solid[:40], 2, 0.05, 0.02) == 0).all()
 
 
+def test_fit_rigid_recovers_known_motions_and_ignores_weighted_out_points():
+    g = torch.Generator().manual_seed(0)
+    source = torch.rand(30, 3, generator=g)
+    R = torch.stack(
+        [rot_z(0.3), quat_to_rotmat(axis_angle_quat(torch.tensor([[0.4, -1, 0.2]])))[0]]
+    )
+    t = torch.tensor([[0.1, 0.2, 0.3], [-0.5, 0.0, 0.2]])
+    targets = torch.einsum("fij,mj->fmi", R, source) + t[:, None]
+    targets[:, 0] += 5.0  # an outlier, weighted out
+    weights = torch.ones(30)
+    weights[0] = 0.0
+    R_fit, t_fit = fit_rigid(source, targets, weights)
+    torch.testing.assert_close(R_fit, R, atol=1e-5, rtol=0)
+    torch.testing.assert_close(t_fit, t, atol=1e-5, rtol=0)
+    assert torch.linalg.det(R_fit).gt(0).all()  # rotations, not reflections
+
+
+def test_reassign_parts_frees_ground_dragged_along_with_a_swinging_arm():
+    """A field drags a strip of the ground (static) partly along with an arm swinging up
+    about a hinge, and clustering put the strip in the arm; held to the arm's rigid
+    motion it strays more than held still, so it goes back to the static part."""
+    g = torch.Generator().manual_seed(0)
+    F = 10
+    ground = torch.rand(60, 3, generator=g) * torch.tensor([2.0, 2.0, 0.0]) - 1
+    arm = torch.rand(40, 3, generator=g) * torch.tensor([0.8, 0.1, 0.1])  # hinge at 0
+    strip = torch.rand(15, 3, generator=g) * torch.tensor([0.4, 0.1, 0.0]) - 0.02
+    paths = []
+    for f in range(F):
+        lift = math.radians(60) * f / (F - 1)
+        c, s_ = math.cos(lift), math.sin(lift)
+        R = torch.tensor([[c, 0.0, -s_], [0.0, 1.0, 0.0], [s_, 0.0, c]])
+        swung = arm @ R.T
+        dragged = strip + 0.3 * (strip @ R.T - strip)  # moved a third of the way
+        paths.append(torch.cat([ground, swung, dragged]))
+    paths = torch.stack(paths, 1)
+    solid = torch.ones(115, dtype=torch.bool)
+    labels = torch.zeros(115, dtype=torch.long)
+    labels[60:] = 1  # the clustering's mistake: the strip joined the arm
+    fixed = reassign_parts(paths, solid, labels)
+    assert (fixed[:60] == 0).all() and (fixed[60:100] == 1).all()
+    assert (fixed[100:] == 0).all()
+    assert (reassign_parts(paths, solid, labels, iterations=0) == labels).all()
+
+
 def scene_with_a_moving_part(frames: int):
     """A static cloud (part 0) and a compact part 1 turning 12 deg and sliding 4 cm a
     frame; one camera per frame. Returns what ``track_and_map`` needs plus the truth."""
@@ -169,6 +255,34 @@ def test_tracking_recovers_a_known_rigid_motion_frame_by_frame():
     degrees = torch.rad2deg(2 * torch.acos(dot))
     assert float(degrees.max()) < 1.0, degrees
     assert float((shifts[:, 1] - true_s[:, 1]).norm(dim=-1).max()) < 0.005
+
+
+def test_the_turn_prior_carries_a_steady_spin_through_a_frame_that_does_not_show_it():
+    """Frame 3 does not show the moving part (as if hidden): tracked from the last pose,
+    it stays 12 deg behind; with the turn prior it carries the last turn rate on."""
+    frames = 5
+    canonical, labels, centers, render_loss, true_q, true_s = scene_with_a_moving_part(frames)
+    rates = {"turn": 0.02, "shift": 0.006, "refine_turn": 0.002, "refine_shift": 0.0006}
+    views = [torch.tensor([f]) for f in range(frames)]
+
+    def hidden_at_3(gaussians, index):
+        if index == 3:
+            gaussians = {k: v[labels == 0] for k, v in gaussians.items()}
+        return render_loss(gaussians, index)
+
+    def degrees_off(turn_prior):
+        _, quats, _ = track_and_map(
+            canonical, labels, centers, views, hidden_at_3, rates, track_steps=60,
+            map_steps=0, refine_steps=0, generator=torch.Generator().manual_seed(0),
+            turn_prior=turn_prior,
+        )  # fmt: skip
+        dot = (quats[:, 1] * true_q[:, 1]).sum(-1).abs().clamp(max=1)
+        return torch.rad2deg(2 * torch.acos(dot))
+
+    held, carried = degrees_off(0.0), degrees_off(1.0)
+    assert float(held[3]) == pytest.approx(12.0, abs=1.5), held
+    assert float(carried[:4].max()) < 1.5, carried
+    assert float(carried[4]) < 1.5, carried  # and the next frame is tracked from there
 
 
 def test_mapping_and_refinement_fit_the_splats_and_the_motions_together():

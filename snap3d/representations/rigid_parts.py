@@ -13,10 +13,15 @@ frame by frame, as a SLAM system tracks and maps:
 2. ``track_and_map``: frames in order; each new frame's part motions start from the
    previous frame's and are fitted to its images with the canonical splats frozen
    (tracking), then the canonical splats are fitted to the frames tracked so far (half the
-   steps on the newest) with the motions frozen (mapping). Extrapolating the motion into
-   the new frame diverged in our measurements: the shift along the view ray is barely
-   seen, and carrying it forward compounds the error.
-3. A joint refinement of the canonical splats and every frame's motion over random frames.
+   steps on the newest) with the motions frozen (mapping). With ``turn_prior`` the turn
+   carries on at the last frame's rate and is held near it: the photometric loss alone
+   pulls a part back towards the canonical's mistakes on a side it has not mapped yet
+   (or whose texture repeats). The shift is not carried on: the shift along the view
+   ray is barely seen, and carrying it forward compounded the error in our measurements.
+3. A joint refinement of the canonical splats and every frame's motion over random frames;
+   with ``smoothness`` it also keeps the parts turning and moving steadily, which ties
+   each frame's poorly seen shift along its view ray to its neighbours' (the cameras of
+   a monocular video jump between frames, so the neighbours see it from the side).
 
 Motions are stored per frame as a quaternion [F,P,4] and a shift [F,P,3] about each
 part's centre [P,3]; part 0 is the static part and stays at the identity. Between frames
@@ -93,6 +98,63 @@ def segment_parts(
     return labels
 
 
+def fit_rigid(source: Tensor, targets: Tensor, weights: Tensor) -> tuple[Tensor, Tensor]:
+    """Weighted least-squares rigid motions (Kabsch): rotations [F,3,3] and translations
+    [F,3] taking points ``source`` [M,3] closest to ``targets`` [F,M,3], each point
+    weighted by ``weights`` [M]."""
+    w = (weights / weights.sum().clamp_min(1e-12))[:, None]
+    src_mean = (w * source).sum(0)
+    tgt_mean = (w[None] * targets).sum(1)  # [F,3]
+    cov = torch.einsum("fmi,mj->fij", (targets - tgt_mean[:, None]) * w[None], source - src_mean)
+    U, _, Vt = torch.linalg.svd(cov)
+    flip = torch.ones(cov.shape[0], 3, dtype=cov.dtype, device=cov.device)
+    flip[:, 2] = torch.sign(torch.linalg.det(U @ Vt))
+    R = U @ (flip[..., None] * Vt)
+    return R, tgt_mean - torch.einsum("fij,j->fi", R, src_mean)
+
+
+def reassign_parts(
+    trajectories: Tensor, solid: Tensor, labels: Tensor, iterations: int = 2
+) -> Tensor:
+    """Relabel splats by the rigid motion that carries them best: each moving part's motion
+    is fitted to its solid members' trajectories (``fit_rigid``, every frame, members far
+    from it weighted down), and every splat takes the part (or the static one) whose
+    motion strays least, on average over the frames, from its trajectory; repeated.
+
+    Spectral clustering groups splats that keep their distances, and a deformation field
+    drags the splats next to a moving object along with it: a strip of the ground under
+    a swinging arm joins the arm and anchors it. Held to the arm's rigid motion, that
+    strip strays far more than it does held still.
+
+    Args:
+        trajectories: [N,F,3]; solid: [N] bool; labels: [N] from ``segment_parts``.
+
+    Returns:
+        [N] long labels (a part that loses all its solid members keeps none).
+    """
+    labels = labels.clone()
+    parts = int(labels.max()) + 1 if len(labels) else 0
+    start = trajectories[:, 0]
+    for _ in range(iterations):
+        strays = torch.full(
+            (len(labels), parts), float("inf"), dtype=start.dtype, device=start.device
+        )
+        strays[:, 0] = (trajectories - start[:, None]).norm(dim=-1).mean(1)
+        for k in range(1, parts):
+            members = (labels == k) & solid
+            if int(members.sum()) < 3:
+                continue
+            weights = torch.ones(int(members.sum()), dtype=start.dtype, device=start.device)
+            for _ in range(2):  # the second fit weighs members down by how far they stray
+                R, t = fit_rigid(start[members], trajectories[members].transpose(0, 1), weights)
+                carried = torch.einsum("fij,nj->nfi", R, start) + t[None]
+                strays[:, k] = (trajectories - carried).norm(dim=-1).mean(1)
+                own = strays[members, k]
+                weights = 1 / (1 + (own / own.median().clamp_min(1e-12)) ** 2)
+        labels = strays.argmin(1)
+    return labels
+
+
 def axis_angle_quat(w: Tensor) -> Tensor:
     """[...,4] unit quaternions (w,x,y,z) of axis-angle vectors [...,3]."""
     angle = w.norm(dim=-1, keepdim=True)
@@ -100,6 +162,28 @@ def axis_angle_quat(w: Tensor) -> Tensor:
     # sin(half)/angle -> 1/2 at 0 (its series keeps the gradient finite)
     scale = torch.where(angle > 1e-4, torch.sin(half) / angle.clamp_min(1e-4), 0.5 - angle**2 / 48)
     return torch.cat([torch.cos(half), w * scale], dim=-1)
+
+
+def quat_axis_angle(q: Tensor) -> Tensor:
+    """[...,3] axis-angle vectors of unit quaternions [...,4] (w,x,y,z), the shorter way
+    round (the inverse of ``axis_angle_quat`` for angles up to pi)."""
+    q = q * torch.sign(q[..., :1] + 1e-12)
+    v = q[..., 1:]
+    n = v.norm(dim=-1, keepdim=True)
+    # 2 atan2(n, w) / n -> 2 / w at 0 (kept finite for the gradient)
+    scale = torch.where(
+        n > 1e-6, 2 * torch.atan2(n, q[..., :1]) / n.clamp_min(1e-6), 2 / q[..., :1]
+    )
+    return v * scale
+
+
+def turn_rates(quats: Tensor, steps: Tensor) -> Tensor:
+    """[F-1,...,3] the turn from each frame's rotation ``quats`` [F,...,4] to the next, as
+    axis-angle per frame interval: divided by ``steps`` [F-1] (the intervals in units of
+    their mean), so that a constant spin gives the same rate over uneven frames."""
+    inverse = quats * quats.new_tensor([1.0, -1, -1, -1])
+    turns = quat_axis_angle(quat_multiply(quats[1:], inverse[:-1]))
+    return turns / steps.reshape(-1, *([1] * (turns.dim() - 1)))
 
 
 def move_parts(
@@ -149,6 +233,11 @@ def track_and_map(
     refine_steps: int,
     generator: torch.Generator,
     progress: Callable[[int], None] | None = None,
+    frame_times: Tensor | None = None,
+    turn_prior: float = 0.0,
+    smoothness: float = 0.0,
+    length_unit: float = 1.0,
+    refine_decay: float = 1.0,
 ) -> tuple[dict[str, Tensor], Tensor, Tensor]:
     """Fit per-frame rigid part motions and the canonical Gaussians, frame by frame.
 
@@ -166,6 +255,17 @@ def track_and_map(
         track_steps, map_steps: Adam steps per frame (the first frame maps 3 x map_steps).
         refine_steps: joint steps over random frames after the last frame.
         progress: called with the number of steps done so far.
+        frame_times: [F] the frames' times (evenly spaced when None); the turn rates and
+            accelerations below are per mean frame interval.
+        turn_prior: weight of keeping each part's turn rate (axis-angle per frame, see
+            ``turn_rates``) from one frame to the next while tracking; a new frame then
+            also starts from the previous frames' turn carried on. Against a surface
+            whose texture repeats (a checkered ball) or a side not yet mapped, the
+            photometric loss alone pulls a turn back towards the canonical's mistakes.
+        smoothness: weight of the parts' turn-rate changes and shift accelerations (in
+            ``length_unit`` per frame interval squared) in the joint refinement.
+        refine_decay: the joint refinement's learning rates (mapping's too) fall
+            exponentially to this fraction of theirs by its last step.
 
     Returns:
         (the fitted Gaussians, quats [F,P,4], shifts [F,P,3]).
@@ -184,6 +284,10 @@ def track_and_map(
     quats = identity.expand(F, P, 4).clone()
     shifts = torch.zeros(F, P, 3, device=device)
     done = 0
+    if frame_times is None:
+        frame_times = torch.arange(F, dtype=torch.float32, device=device)
+    gaps = frame_times[1:] - frame_times[:-1]
+    steps = gaps / gaps.mean() if F > 1 else gaps
 
     def pick(views: Tensor) -> int:
         return int(views[torch.randint(len(views), (1,), generator=generator)])
@@ -200,6 +304,10 @@ def track_and_map(
     for f in range(F):
         if f > 0:
             quats[f], shifts[f] = quats[f - 1], shifts[f - 1]
+            carry = turn_prior > 0 and f > 1
+            if carry:  # the last turn rate carried on into the new frame
+                rate = turn_rates(quats[f - 2 : f], steps[f - 2 : f - 1])[0].detach()
+                quats[f] = quat_multiply(axis_angle_quat(rate * steps[f - 1]), quats[f - 1])
             turn = torch.zeros(P, 3, device=device, requires_grad=True)
             shift = torch.zeros(P, 3, device=device, requires_grad=True)
             tracker = torch.optim.Adam(
@@ -209,6 +317,9 @@ def track_and_map(
             for _ in range(track_steps):
                 q, s = nudged(quats[f], shifts[f], turn * moves, shift * moves)
                 loss = render_loss(move_parts(frozen, labels, centers, q, s), pick(frame_views[f]))
+                if carry:
+                    new_rate = turn_rates(torch.stack([quats[f - 1], q]), steps[f - 1 : f])[0]
+                    loss = loss + turn_prior * (new_rate - rate)[1:].pow(2).sum(-1).mean()
                 tracker.zero_grad()
                 loss.backward()
                 tracker.step()
@@ -231,10 +342,22 @@ def track_and_map(
                 {"params": [moved], "lr": rates["refine_shift"]},
             ]
         )
+        # the moving parts from the second frame on: the first frame stays the canonical
+        free = moves.expand(F, P, 1).clone()
+        free[0] = 0
+        groups = refiner.param_groups + (mapper.param_groups if mapper is not None else [])
+        for group in groups:
+            group["start_lr"] = group["lr"]
         for i in range(refine_steps):
+            for group in groups:
+                group["lr"] = group["start_lr"] * refine_decay ** (i / max(refine_steps - 1, 1))
             g = int(torch.randint(F, (1,), generator=generator))
-            q, s = nudged(quats[g], shifts[g], turns[g] * moves, moved[g] * moves)
+            q, s = nudged(quats[g], shifts[g], turns[g] * free[g], moved[g] * free[g])
             loss = render_loss(move_parts(params, labels, centers, q, s), pick(frame_views[g]))
+            if smoothness > 0 and F > 2:
+                loss = loss + smoothness * motion_roughness(
+                    *nudged(quats, shifts, turns * free, moved * free), steps, length_unit
+                )
             refiner.zero_grad()
             if mapper is not None:
                 mapper.zero_grad()
@@ -245,7 +368,7 @@ def track_and_map(
             if progress is not None and ((i + 1) % 50 == 0 or i + 1 == refine_steps):
                 progress(done + i + 1)
         with torch.no_grad():
-            quats, shifts = nudged(quats, shifts, turns * moves, moved * moves)
+            quats, shifts = nudged(quats, shifts, turns * free, moved * free)
     quats = quats / quats.norm(dim=-1, keepdim=True)
     return {k: v.detach() for k, v in params.items()}, quats.detach(), shifts.detach()
 
@@ -254,6 +377,17 @@ def nudged(quats: Tensor, shifts: Tensor, turn: Tensor, shift: Tensor) -> tuple[
     """Part motions ``quats`` [...,4], ``shifts`` [...,3] followed by a further turn
     (axis-angle [...,3], about each part's current centre) and shift [...,3]."""
     return quat_multiply(axis_angle_quat(turn), quats), shifts + shift
+
+
+def motion_roughness(quats: Tensor, shifts: Tensor, steps: Tensor, length_unit: float) -> Tensor:
+    """How far the moving parts (all but part 0) are from turning and moving steadily:
+    the mean squared change of their turn rates [F-1] plus that of their velocities (in
+    ``length_unit`` per frame interval ``steps`` [F-1])."""
+    rates = turn_rates(quats[:, 1:], steps)
+    velocity = (shifts[1:, 1:] - shifts[:-1, 1:]) / (length_unit * steps[:, None, None])
+    turn_changes = (rates[1:] - rates[:-1]).pow(2).sum(-1)
+    accelerations = (velocity[1:] - velocity[:-1]).pow(2).sum(-1)
+    return turn_changes.mean() + accelerations.mean()
 
 
 def total_steps(frames: int, track_steps: int, map_steps: int, refine_steps: int) -> int:
@@ -266,9 +400,14 @@ def total_steps(frames: int, track_steps: int, map_steps: int, refine_steps: int
 
 __all__ = [
     "axis_angle_quat",
+    "fit_rigid",
+    "motion_roughness",
     "move_parts",
     "parts_at",
+    "quat_axis_angle",
+    "reassign_parts",
     "segment_parts",
     "total_steps",
     "track_and_map",
+    "turn_rates",
 ]

@@ -46,12 +46,14 @@ from torch import Tensor, nn
 from snap3d.cameras import Cameras, blend_quats, quat_multiply, quat_to_rotmat
 from snap3d.data.dataset import SceneDataset
 from snap3d.errors import Snap3dError
+from snap3d.metrics import ssim_loss
 from snap3d.render import rasterize_gaussians
 from snap3d.representations.base import ParamGroup, RenderOutput, SceneMeta, image_batch
 from snap3d.representations.hexplane import HexPlane, hold_rows
 from snap3d.representations.rigid_parts import (
     move_parts,
     parts_at,
+    reassign_parts,
     segment_parts,
     total_steps,
     track_and_map,
@@ -387,31 +389,31 @@ class Splat4DConfig(SplatConfig):
     objects. The trajectory export then carries each pixel's point rigidly with the
     part most of its opacity comes from.
 
-    On the bundled scene (3 parts, after the 5000-step defaults of seeds 0, 1 and 2,
-    which score 24.67 dB / 5.00%, 25.52 / 5.48% and 25.55 / 5.04% through
-    ``bench/splat4d.py``): 23.08 dB / 3.23%, 22.06 / 3.20% and 23.98 / 2.24%, in
-    475-500 s more on one thread. The disc's pixels that the export keeps still are
-    within 0.6% of the radius; what is left is the ball (11.7%, 3.6% and 5.0%: its
-    spin), the arm in seed 1 (9.0%), and about 60 pixels at the moving objects' edges
-    that the truth puts on the disc behind them (38%, in one run).
+    On the bundled scene (3 parts, after the 5000-step field defaults of seeds 0, 1 and
+    2, which score 24.67 dB / 5.00%, 25.52 / 5.48% and 25.55 / 5.04% through
+    ``bench/splat4d.py``): 29.39 dB / 1.70%, 29.19 / 1.65% and 29.19 / 1.71%, in about
+    490 s more on one thread. Without the turn prior, the smoothness and the
+    reassignment (session 13's stage): 23.08 / 3.23%, 22.06 / 3.20% and 23.98 / 2.24%.
 
-    The ball's spin is the weak point. Tracking leaves it unturned over the first frames
-    (19 deg behind at frame 2, its centre 5 cm off; without mapping, with 40 or 200
-    tracking steps a frame alike), although at the true shift the photometric loss is
-    lowest at the true spin: the joint fit of turn and shift stops in a local minimum.
-    The cameras teleport (frame 2 looks from 117 deg away), so each new frame shows
-    sides of the ball that the field's canonical splats got wrong; and mapping can
-    explain the first frames with no motion at all (frame 1: L1 4.4e-3 with the parts
-    held still, against 11.8e-3 at the true motion). Tried on seed 0 and worse: 80
-    tracking steps (5.15%) and 4000 refinement steps (3.60%), both against 3.44% with
-    the export's earlier blend of displacements; a soft constant-velocity prior in
-    tracking (7.7%). The means' mapping rate at 3e-4 instead of 1e-3 gave 23.64 dB /
-    3.34%. Filming the export's first frame at the training resolution (a pixel centre
-    on each export pixel's centre) took the disc from 1.56 to 0.80% but the objects'
-    edges the other way: 3.06% overall here, and 5.13% for the field (against 5.00). A
-    second tracking pass over every frame (the first too) against the finished splats,
-    then 2000 refinement steps, gave 3.45%: the splats had taken on the first pass's
-    motions."""
+    What each piece did (seed 0 unless said; test dB / trajectory %):
+    - tracking alone left the checkered ball 19 deg behind by frame 2: the cameras jump
+      (frame 2 looks from 117 deg away) onto sides the field's canonical got wrong, and
+      the photometric loss pulled the turn back to the field's own lagging spin. The
+      turn prior (``part_turn_prior``) carries the last turn rate on: 23.75 / 2.00%
+      (ball 11.7 -> 3.0%).
+    - ``part_smoothness`` in the refinement ties each frame's barely seen shift along
+      its view ray to its neighbours': 28.71 / 1.77%; seed 2 29.00 / 1.72%.
+    - seed 1 then still lost its arm (14.5%; 24.77 / 3.48%): the clustering had put 248
+      splats of the disc under it in the arm's part, anchoring it. ``part_reassign``
+      took them back: 29.19 / 1.65% (arm 1.1%).
+    - 5000 refinement steps instead of 2000: +0.6 dB (29.29 against 28.71), 1.87%.
+
+    Tried earlier and worse (session 13, against 3.23-3.44%): 80 tracking steps, 4000
+    refinement steps without the smoothness, a soft constant-velocity prior on the
+    whole motion in tracking (weight 0.3: 7.7%; the shift along the view ray is barely
+    seen, and carrying it on compounds its error), a slower means rate, filming the
+    export's first frame at the training resolution, supersampling it, and a second
+    tracking pass."""
     part_static_motion: float = 0.044
     """Splats whose field trajectory strays less than this fraction of the scene radius
     (half the diagonal of the solid splats' box at the first frame) from its start are
@@ -419,6 +421,10 @@ class Splat4DConfig(SplatConfig):
     part_rigidity_scale: float = 0.0178
     """Rigid-part clustering: two splats belong together when their distance varies over
     the video by well under this fraction of the scene radius."""
+    part_reassign: int = 2
+    """Rigid parts: rounds of relabelling each splat by the part whose rigid motion,
+    fitted to its members' field trajectories, carries it best (``rigid_parts.
+    reassign_parts``), after the clustering. 0 keeps the clusters."""
     part_track_steps: int = 40
     """Rigid parts: Adam steps fitting each new frame's part motions (splats frozen)."""
     part_map_steps: int = 80
@@ -426,6 +432,19 @@ class Splat4DConfig(SplatConfig):
     it and half on random earlier frames (motions frozen)."""
     part_refine_steps: int = 2000
     """Rigid parts: joint steps on the splats and all frames' motions at the end."""
+    part_train_loss: bool = False
+    """Rigid parts: fit with the training loss (L1 and D-SSIM, ``ssim_lambda``; random
+    backgrounds behind RGBA images, ``train_background``) rather than plain L1."""
+    part_refine_decay: float = 1.0
+    """Rigid parts: the refinement's learning rates fall exponentially to this fraction
+    of theirs by its last step."""
+    part_turn_prior: float = 0.25
+    """Rigid parts: while tracking, the weight of keeping each part's turn rate from one
+    frame to the next (``rigid_parts.track_and_map``); a new frame then starts from the
+    last turn carried on. 0 tracks each frame from the previous one's pose."""
+    part_smoothness: float = 10.0
+    """Rigid parts: in the joint refinement, the weight of the parts' turn-rate changes
+    and shift accelerations between frames."""
     visibility_tolerance: float = 0.02
     """Trajectory export: a point is hidden when the surface is nearer by this fraction
     of its depth."""
@@ -1183,6 +1202,7 @@ class Splat4DModel(SplatModel):
                 cfg.part_rigidity_scale * radius,
                 generator=generator,
             )
+            labels = reassign_parts(paths, solid, labels, cfg.part_reassign)
             P = cfg.rigid_parts + 1
             centers = torch.zeros(P, 3, device=device)
             for k in range(P):
@@ -1196,11 +1216,22 @@ class Splat4DModel(SplatModel):
 
         def render_loss(gaussians: dict[str, Tensor], index: int) -> Tensor:
             camera = dataset.cameras[[index]].to(device)
-            image = dataset.image(index).to(device)
+            target = dataset.image(index).to(device)[None]
+            background = None
+            if cfg.part_train_loss:  # as in training: a random background behind RGBA
+                alpha = dataset.alpha(index)
+                background = self._train_background({"alpha": alpha})
+                if background is not None:
+                    target = target + (background - self.background) * (1 - alpha.to(device))
             out, _, _ = self.rasterize(
-                gaussians, camera, sh_degree=cfg.sh_degree, render_mode="RGB"
-            )
-            return (out[0, ..., :3] - image).abs().mean()
+                gaussians, camera, sh_degree=cfg.sh_degree, background=background,
+                render_mode="RGB",
+            )  # fmt: skip
+            l1 = (out[..., :3] - target).abs().mean()
+            if not cfg.part_train_loss:
+                return l1
+            w = cfg.ssim_lambda
+            return (1 - w) * l1 + w * ssim_loss(out[..., :3], target)
 
         # rates tuned on the bundled scene (radius 1.125); lengths scale with the radius
         unit = radius / 1.125
@@ -1235,6 +1266,11 @@ class Splat4DModel(SplatModel):
                 cfg.part_refine_steps,
                 generator,
                 progress=lambda done: bar.update(task, completed=done),
+                frame_times=frames,
+                turn_prior=cfg.part_turn_prior,
+                smoothness=cfg.part_smoothness,
+                length_unit=unit,
+                refine_decay=cfg.part_refine_decay,
             )
         for name, value in fitted.items():
             self.splats[name] = nn.Parameter(value.contiguous())
