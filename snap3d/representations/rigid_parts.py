@@ -342,9 +342,6 @@ def track_and_map(
                 {"params": [moved], "lr": rates["refine_shift"]},
             ]
         )
-        # the moving parts from the second frame on: the first frame stays the canonical
-        free = moves.expand(F, P, 1).clone()
-        free[0] = 0
         groups = refiner.param_groups + (mapper.param_groups if mapper is not None else [])
         for group in groups:
             group["start_lr"] = group["lr"]
@@ -352,11 +349,11 @@ def track_and_map(
             for group in groups:
                 group["lr"] = group["start_lr"] * refine_decay ** (i / max(refine_steps - 1, 1))
             g = int(torch.randint(F, (1,), generator=generator))
-            q, s = nudged(quats[g], shifts[g], turns[g] * free[g], moved[g] * free[g])
+            q, s = nudged(quats[g], shifts[g], turns[g] * moves, moved[g] * moves)
             loss = render_loss(move_parts(params, labels, centers, q, s), pick(frame_views[g]))
             if smoothness > 0 and F > 2:
                 loss = loss + smoothness * motion_roughness(
-                    *nudged(quats, shifts, turns * free, moved * free), steps, length_unit
+                    *nudged(quats, shifts, turns * moves, moved * moves), steps, length_unit
                 )
             refiner.zero_grad()
             if mapper is not None:
@@ -368,7 +365,7 @@ def track_and_map(
             if progress is not None and ((i + 1) % 50 == 0 or i + 1 == refine_steps):
                 progress(done + i + 1)
         with torch.no_grad():
-            quats, shifts = nudged(quats, shifts, turns * free, moved * free)
+            quats, shifts = nudged(quats, shifts, turns * moves, moved * moves)
     quats = quats / quats.norm(dim=-1, keepdim=True)
     return {k: v.detach() for k, v in params.items()}, quats.detach(), shifts.detach()
 

@@ -46,7 +46,6 @@ from torch import Tensor, nn
 from snap3d.cameras import Cameras, blend_quats, quat_multiply, quat_to_rotmat
 from snap3d.data.dataset import SceneDataset
 from snap3d.errors import Snap3dError
-from snap3d.metrics import ssim_loss
 from snap3d.render import rasterize_gaussians
 from snap3d.representations.base import ParamGroup, RenderOutput, SceneMeta, image_batch
 from snap3d.representations.hexplane import HexPlane, hold_rows
@@ -432,12 +431,10 @@ class Splat4DConfig(SplatConfig):
     it and half on random earlier frames (motions frozen)."""
     part_refine_steps: int = 2000
     """Rigid parts: joint steps on the splats and all frames' motions at the end."""
-    part_train_loss: bool = False
-    """Rigid parts: fit with the training loss (L1 and D-SSIM, ``ssim_lambda``; random
-    backgrounds behind RGBA images, ``train_background``) rather than plain L1."""
-    part_refine_decay: float = 1.0
+    part_refine_decay: float = 0.1
     """Rigid parts: the refinement's learning rates fall exponentially to this fraction
-    of theirs by its last step."""
+    of theirs by its last step. Seed 0: 30.87 dB / 1.65% at 0.1, against 29.39 / 1.70% at
+    1 (constant rates)."""
     part_turn_prior: float = 0.25
     """Rigid parts: while tracking, the weight of keeping each part's turn rate from one
     frame to the next (``rigid_parts.track_and_map``); a new frame then starts from the
@@ -1216,22 +1213,11 @@ class Splat4DModel(SplatModel):
 
         def render_loss(gaussians: dict[str, Tensor], index: int) -> Tensor:
             camera = dataset.cameras[[index]].to(device)
-            target = dataset.image(index).to(device)[None]
-            background = None
-            if cfg.part_train_loss:  # as in training: a random background behind RGBA
-                alpha = dataset.alpha(index)
-                background = self._train_background({"alpha": alpha})
-                if background is not None:
-                    target = target + (background - self.background) * (1 - alpha.to(device))
+            image = dataset.image(index).to(device)
             out, _, _ = self.rasterize(
-                gaussians, camera, sh_degree=cfg.sh_degree, background=background,
-                render_mode="RGB",
-            )  # fmt: skip
-            l1 = (out[..., :3] - target).abs().mean()
-            if not cfg.part_train_loss:
-                return l1
-            w = cfg.ssim_lambda
-            return (1 - w) * l1 + w * ssim_loss(out[..., :3], target)
+                gaussians, camera, sh_degree=cfg.sh_degree, render_mode="RGB"
+            )
+            return (out[0, ..., :3] - image).abs().mean()
 
         # rates tuned on the bundled scene (radius 1.125); lengths scale with the radius
         unit = radius / 1.125
