@@ -9,7 +9,9 @@ frame by frame, as a SLAM system tracks and maps:
 1. ``segment_parts``: splats that move less than a threshold over the video are static;
    the moving ones are clustered by rigidity (spectral clustering of the affinity
    exp(-(std over time of the distance between two splats / scale)^2): two splats on one
-   rigid object keep their distance).
+   rigid object keep their distance). ``reassign_parts`` then gives each splat to the
+   part whose rigid motion (fitted to the members' trajectories) carries it best, or to
+   the static part: the field drags the ground next to a moving object along a little.
 2. ``track_and_map``: frames in order; each new frame's part motions start from the
    previous frame's and are fitted to its images with the canonical splats frozen
    (tracking), then the canonical splats are fitted to the frames tracked so far (half the
@@ -21,7 +23,8 @@ frame by frame, as a SLAM system tracks and maps:
 3. A joint refinement of the canonical splats and every frame's motion over random frames;
    with ``smoothness`` it also keeps the parts turning and moving steadily, which ties
    each frame's poorly seen shift along its view ray to its neighbours' (the cameras of
-   a monocular video jump between frames, so the neighbours see it from the side).
+   a monocular video jump between frames, so the neighbours see it from the side). Its
+   learning rates decay (``refine_decay``).
 
 Motions are stored per frame as a quaternion [F,P,4] and a shift [F,P,3] about each
 part's centre [P,3]; part 0 is the static part and stays at the identity. Between frames

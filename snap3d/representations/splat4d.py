@@ -390,9 +390,10 @@ class Splat4DConfig(SplatConfig):
 
     On the bundled scene (3 parts, after the 5000-step field defaults of seeds 0, 1 and
     2, which score 24.67 dB / 5.00%, 25.52 / 5.48% and 25.55 / 5.04% through
-    ``bench/splat4d.py``): 29.39 dB / 1.70%, 29.19 / 1.65% and 29.19 / 1.71%, in about
-    490 s more on one thread. Without the turn prior, the smoothness and the
-    reassignment (session 13's stage): 23.08 / 3.23%, 22.06 / 3.20% and 23.98 / 2.24%.
+    ``bench/splat4d.py``): 30.87 dB / 1.65%, 29.27 / 1.74% and 30.23 / 1.76%, in about
+    490 s more on one thread. Without the turn prior, the smoothness, the reassignment
+    and the decaying rates (session 13's stage): 23.08 / 3.23%, 22.06 / 3.20% and
+    23.98 / 2.24%.
 
     What each piece did (seed 0 unless said; test dB / trajectory %):
     - tracking alone left the checkered ball 19 deg behind by frame 2: the cameras jump
@@ -405,7 +406,14 @@ class Splat4DConfig(SplatConfig):
     - seed 1 then still lost its arm (14.5%; 24.77 / 3.48%): the clustering had put 248
       splats of the disc under it in the arm's part, anchoring it. ``part_reassign``
       took them back: 29.19 / 1.65% (arm 1.1%).
-    - 5000 refinement steps instead of 2000: +0.6 dB (29.29 against 28.71), 1.87%.
+    - rates decaying to 0.1 over the refinement (``part_refine_decay``), seeds 0-2:
+      30.87 / 1.65%, 29.27 / 1.74%, 30.23 / 1.76% against 29.39 / 1.70%, 29.19 / 1.65%,
+      29.19 / 1.71% at constant rates.
+    - not kept: the first frame held at the identity in the refinement (29.03 / 1.82%;
+      with decay 30.48 / 1.89%); splitting the largest 30% of the splats first
+      (30.72 / 1.65%); the training loss (D-SSIM, random backgrounds) instead of L1
+      (30.62 / 1.64%). Before the decay, 5000 refinement steps instead of 2000 gave
+      +0.6 dB (29.29 against 28.71).
 
     Tried earlier and worse (session 13, against 3.23-3.44%): 80 tracking steps, 4000
     refinement steps without the smoothness, a soft constant-velocity prior on the
