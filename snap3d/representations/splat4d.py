@@ -412,8 +412,9 @@ class Splat4DConfig(SplatConfig):
     - not kept: the first frame held at the identity in the refinement (29.03 / 1.82%;
       with decay 30.48 / 1.89%); splitting the largest 30% of the splats first
       (30.72 / 1.65%); the training loss (D-SSIM, random backgrounds) instead of L1
-      (30.62 / 1.64%). Before the decay, 5000 refinement steps instead of 2000 gave
-      +0.6 dB (29.29 against 28.71).
+      (30.62 / 1.64%); decay to 0.03 (30.66 / 1.70%); 160 mapping steps a frame
+      (30.89 / 1.70%, 40% slower); smoothness 30 (30.89 / 1.66%). 4000 refinement
+      steps gave 31.11 / 1.67% (+0.24 dB for about 100 s more).
 
     Tried earlier and worse (session 13, against 3.23-3.44%): 80 tracking steps, 4000
     refinement steps without the smoothness, a soft constant-velocity prior on the
