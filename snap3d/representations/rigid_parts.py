@@ -138,23 +138,28 @@ def reassign_parts(
     labels = labels.clone()
     parts = int(labels.max()) + 1 if len(labels) else 0
     start = trajectories[:, 0]
+    still = (trajectories - start[:, None]).norm(dim=-1).mean(1)  # strays held still
+
+    def strays(members: Tensor, weights: Tensor, among: Tensor | slice) -> Tensor:
+        """How far the splats ``among`` stray from the rigid motion fitted to ``members``."""
+        R, t = fit_rigid(start[members], trajectories[members].transpose(0, 1), weights)
+        carried = torch.einsum("fij,nj->nfi", R, start[among]) + t[None]
+        return (trajectories[among] - carried).norm(dim=-1).mean(1)
+
     for _ in range(iterations):
-        strays = torch.full(
+        by_part = torch.full(
             (len(labels), parts), float("inf"), dtype=start.dtype, device=start.device
         )
-        strays[:, 0] = (trajectories - start[:, None]).norm(dim=-1).mean(1)
+        by_part[:, 0] = still
         for k in range(1, parts):
-            members = (labels == k) & solid
-            if int(members.sum()) < 3:
+            members = torch.nonzero((labels == k) & solid)[:, 0]
+            if len(members) < 3:
                 continue
-            weights = torch.ones(int(members.sum()), dtype=start.dtype, device=start.device)
-            for _ in range(2):  # the second fit weighs members down by how far they stray
-                R, t = fit_rigid(start[members], trajectories[members].transpose(0, 1), weights)
-                carried = torch.einsum("fij,nj->nfi", R, start) + t[None]
-                strays[:, k] = (trajectories - carried).norm(dim=-1).mean(1)
-                own = strays[members, k]
-                weights = 1 / (1 + (own / own.median().clamp_min(1e-12)) ** 2)
-        labels = strays.argmin(1)
+            # fitted twice: the second fit weighs members down by how far they stray
+            own = strays(members, torch.ones_like(members, dtype=start.dtype), members)
+            weights = 1 / (1 + (own / own.median().clamp_min(1e-12)) ** 2)
+            by_part[:, k] = strays(members, weights, slice(None))
+        labels = by_part.argmin(1)
     return labels
 
 
