@@ -34,11 +34,14 @@ the rotation is blended (normalised lerp, ``blend_quats``) and the shift interpo
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
 from snap3d.cameras import blend_quats, quat_multiply, quat_to_rotmat
+from snap3d.io.splats import SH_C0
+from snap3d.render._sh import eval_sh
 from snap3d.representations.trajectory import between_frames
 
 
@@ -215,6 +218,77 @@ def move_parts(
     return out
 
 
+def flat_light(channels: int = 3) -> Tensor:
+    """Irradiance [9,channels] (degree-2 SH coefficients) that is 1 from every side: no
+    shading change however the parts turn."""
+    light = torch.zeros(9, channels)
+    light[0] = 1 / SH_C0
+    return light
+
+
+def shortest_axes(quats: Tensor, scales: Tensor) -> Tensor:
+    """[N,3] each Gaussian's shortest axis (its normal when flat): the column of its
+    rotation (``quats`` [N,4], raw) along its smallest of ``scales`` [N,3]."""
+    R = quat_to_rotmat(quats / quats.norm(dim=-1, keepdim=True).clamp_min(1e-12))
+    return R[torch.arange(len(R), device=R.device), :, scales.argmin(-1)]
+
+
+def shading_factors(
+    normals: Tensor, labels: Tensor, quats: Tensor, light: Tensor, toward: Tensor
+) -> Tensor:
+    """[N,C] how much brighter each splat is after its part's turn than in the canonical.
+
+    The parts are lit by a fixed distant light, so a surface point's colour is its albedo
+    times the irradiance from the side its world normal faces: E(n) = sum_k L_k Y_k(n),
+    the SH ``light`` [9,C] up to degree 2 (which holds any distant lighting of a matte
+    surface to within a few percent, Ramamoorthi and Hanrahan 2001). The canonical
+    colour already holds E(n); turned by R, it becomes E(R n) / E(n) times it. The
+    static part (R = I) never changes.
+
+    Args:
+        normals: [N,3] canonical normals (any length, either sign).
+        labels: [N] part of each splat; quats: [P,4] the parts' rotations.
+        toward: [N,3] world directions the splats' seen sides face (to the viewpoint):
+            each normal is flipped to face it.
+    """
+    n = normals / normals.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    q = quats / quats.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    turned = torch.einsum("nij,nj->ni", quat_to_rotmat(q)[labels], n)
+    side = torch.where((turned.detach() * toward).sum(-1, keepdim=True) < 0, -1.0, 1.0)
+    now = eval_sh(2, side * turned, light).clamp_min(0.05)
+    before = eval_sh(2, side * n, light).clamp_min(0.05)
+    return now / before
+
+
+def shade_parts(
+    moved: dict[str, Tensor],
+    normals: Tensor,
+    labels: Tensor,
+    quats: Tensor,
+    light: Tensor,
+    viewpoint: Tensor | None,
+    centers: Tensor,
+    shifts: Tensor,
+) -> dict[str, Tensor]:
+    """``moved`` (``move_parts``'s Gaussians) with each splat's colour scaled by its
+    ``shading_factors``, seen from ``viewpoint`` [3] (None: each normal faces out of
+    its part, from the part's moved centre ``centers + shifts`` [P,3]).
+
+    The scale is folded into the SH coefficients: with colour = SH(dir) + 0.5, scaling
+    every coefficient by f and adding (f - 1) 0.5 / Y_0 to the degree-0 one scales the
+    colour by f from every view direction."""
+    if viewpoint is not None:
+        toward = viewpoint[None] - moved["means"].detach()
+    else:
+        toward = moved["means"].detach() - (centers + shifts)[labels]
+    f = shading_factors(normals, labels, quats, light, toward)[:, None]  # [N,1,C]
+    out = dict(moved)
+    out["sh0"] = f * moved["sh0"] + (f - 1) * (0.5 / SH_C0)
+    if moved["shN"].shape[1] > 0:
+        out["shN"] = f * moved["shN"]
+    return out
+
+
 def parts_at(
     frame_times: Tensor, quats: Tensor, shifts: Tensor, time: float | Tensor
 ) -> tuple[Tensor, Tensor]:
@@ -227,6 +301,16 @@ def parts_at(
     q = blend_quats(pair, weights, pair[:, :, :1])
     s = shifts[lo] * (1 - w[:, :, None]) + shifts[hi] * w[:, :, None]
     return (q, s) if t.dim() > 0 else (q[0], s[0])
+
+
+class PartFit(NamedTuple):
+    """What ``track_and_map`` fits."""
+
+    gaussians: dict[str, Tensor]
+    quats: Tensor
+    shifts: Tensor
+    normals: Tensor | None = None
+    light: Tensor | None = None
 
 
 def track_and_map(
@@ -246,7 +330,9 @@ def track_and_map(
     smoothness: float = 0.0,
     length_unit: float = 1.0,
     refine_decay: float = 1.0,
-) -> tuple[dict[str, Tensor], Tensor, Tensor]:
+    shading: bool = False,
+    viewpoints: Tensor | None = None,
+) -> PartFit:
     """Fit per-frame rigid part motions and the canonical Gaussians, frame by frame.
 
     Args:
@@ -274,17 +360,31 @@ def track_and_map(
             ``length_unit`` per frame interval squared) in the joint refinement.
         refine_decay: the joint refinement's learning rates (mapping's too) fall
             exponentially to this fraction of theirs by its last step.
+        shading: the parts are lit by a fixed distant light (``shade_parts``): mapping
+            and the refinement also fit the light (rate "light") and the splats'
+            canonical normals (rate "normals"; they start as ``shortest_axes``), and
+            tracking sees the colours they give.
+        viewpoints: [V,3] each view's camera centre (the side of a splat that is seen);
+            without it each normal faces out of its part.
 
     Returns:
-        (the fitted Gaussians, quats [F,P,4], shifts [F,P,3]).
+        ``PartFit``: the fitted Gaussians, quats [F,P,4], shifts [F,P,3], and with
+        ``shading`` the normals [N,3] and the light [9,3].
     """
     P, F = centers.shape[0], len(frame_views)
     device = centers.device
     params = {k: v.detach().clone() for k, v in canonical.items()}
+    light = None
+    if shading:
+        params["normals"] = shortest_axes(params["quats"], params["scales"])
+        light = flat_light(params["sh0"].shape[-1]).to(device)
     fitted = [k for k in params if rates.get(k, 0) > 0]
     for k in fitted:
         params[k].requires_grad_(True)
     groups = [{"params": [params[k]], "lr": rates[k]} for k in fitted]
+    if light is not None and rates.get("light", 0) > 0:
+        light.requires_grad_(True)
+        groups.append({"params": [light], "lr": rates["light"]})
     mapper = torch.optim.Adam(groups) if groups else None
     moves = torch.ones(P, 1, device=device)
     moves[0] = 0  # the static part stays put
@@ -300,11 +400,19 @@ def track_and_map(
     def pick(views: Tensor) -> int:
         return int(views[torch.randint(len(views), (1,), generator=generator)])
 
+    def posed(gaussians: dict[str, Tensor], q: Tensor, s: Tensor, view: int, lit) -> dict:
+        """The Gaussians moved (and shaded, by the light ``lit``) to a frame's motion."""
+        moved = move_parts(gaussians, labels, centers, q, s)
+        if lit is None:
+            return moved
+        eye = viewpoints[view] if viewpoints is not None else None
+        return shade_parts(moved, gaussians["normals"], labels, q, lit, eye, centers, s)
+
     def step_map(frame: int) -> None:
         if mapper is None:
             return
-        moved = move_parts(params, labels, centers, quats[frame], shifts[frame])
-        loss = render_loss(moved, pick(frame_views[frame]))
+        view = pick(frame_views[frame])
+        loss = render_loss(posed(params, quats[frame], shifts[frame], view, light), view)
         mapper.zero_grad()
         loss.backward()
         mapper.step()
@@ -322,9 +430,11 @@ def track_and_map(
                 [{"params": [turn], "lr": rates["turn"]}, {"params": [shift], "lr": rates["shift"]}]
             )
             frozen = {k: v.detach() for k, v in params.items()}
+            held = light.detach() if light is not None else None
             for _ in range(track_steps):
                 q, s = nudged(quats[f], shifts[f], turn * moves, shift * moves)
-                loss = render_loss(move_parts(frozen, labels, centers, q, s), pick(frame_views[f]))
+                view = pick(frame_views[f])
+                loss = render_loss(posed(frozen, q, s, view, held), view)
                 if carry:
                     new_rate = turn_rates(torch.stack([quats[f - 1], q]), steps[f - 1 : f])[0]
                     loss = loss + turn_prior * (new_rate - rate)[1:].pow(2).sum(-1).mean()
@@ -358,7 +468,8 @@ def track_and_map(
                 group["lr"] = group["start_lr"] * refine_decay ** (i / max(refine_steps - 1, 1))
             g = int(torch.randint(F, (1,), generator=generator))
             q, s = nudged(quats[g], shifts[g], turns[g] * moves, moved[g] * moves)
-            loss = render_loss(move_parts(params, labels, centers, q, s), pick(frame_views[g]))
+            view = pick(frame_views[g])
+            loss = render_loss(posed(params, q, s, view, light), view)
             if smoothness > 0 and F > 2:
                 loss = loss + smoothness * motion_roughness(
                     *nudged(quats, shifts, turns * moves, moved * moves), steps, length_unit
@@ -375,7 +486,14 @@ def track_and_map(
         with torch.no_grad():
             quats, shifts = nudged(quats, shifts, turns * moves, moved * moves)
     quats = quats / quats.norm(dim=-1, keepdim=True)
-    return {k: v.detach() for k, v in params.items()}, quats.detach(), shifts.detach()
+    normals = params.pop("normals", None)
+    return PartFit(
+        {k: v.detach() for k, v in params.items()},
+        quats.detach(),
+        shifts.detach(),
+        None if normals is None else normals.detach(),
+        None if light is None else light.detach(),
+    )
 
 
 def nudged(quats: Tensor, shifts: Tensor, turn: Tensor, shift: Tensor) -> tuple[Tensor, Tensor]:
@@ -404,14 +522,19 @@ def total_steps(frames: int, track_steps: int, map_steps: int, refine_steps: int
 
 
 __all__ = [
+    "PartFit",
     "axis_angle_quat",
     "fit_rigid",
+    "flat_light",
     "motion_roughness",
     "move_parts",
     "parts_at",
     "quat_axis_angle",
     "reassign_parts",
     "segment_parts",
+    "shade_parts",
+    "shading_factors",
+    "shortest_axes",
     "total_steps",
     "track_and_map",
     "turn_rates",

@@ -54,6 +54,7 @@ from snap3d.representations.rigid_parts import (
     parts_at,
     reassign_parts,
     segment_parts,
+    shade_parts,
     total_steps,
     track_and_map,
 )
@@ -451,6 +452,18 @@ class Splat4DConfig(SplatConfig):
     part_smoothness: float = 10.0
     """Rigid parts: in the joint refinement, the weight of the parts' turn-rate changes
     and shift accelerations between frames."""
+    part_shading: bool = True
+    """Rigid parts: the parts are lit by a fixed distant light, so a part's colours change
+    as it turns (a spinning ball's side turned to the light brightens): each splat's
+    colour is scaled by the irradiance from its turned normal over that from its
+    canonical normal (``rigid_parts.shade_parts``); the light (degree-2 SH) and the
+    normals (starting as the splats' shortest axes) are fitted with the splats. Each
+    camera sees the side of a splat that faces it, so shaded parts render one camera
+    at a time. The bundled scene is Lambertian under one light plus ambient (a point
+    on the spinning ball's equator goes from 0.6 to 0.8 of its albedo); unshaded, the
+    canonical colours averaged the frames and the view-dependent SH faked the rest
+    from the training views (test 30.87 dB, training views 34.5). Seeds 0 and 1:
+    31.53 / 1.69% and 31.52 / 1.67% against 30.87 / 1.65% and 29.27 / 1.74%."""
     visibility_tolerance: float = 0.02
     """Trajectory export: a point is hidden when the surface is nearer by this fraction
     of its depth."""
@@ -661,6 +674,9 @@ class Splat4DModel(SplatModel):
         self.register_buffer("part_centers", torch.zeros(0, 3))
         self.register_buffer("part_quats", torch.zeros(0, 0, 4))
         self.register_buffer("part_shifts", torch.zeros(0, 0, 3))
+        # with part_shading: the splats' canonical normals and the light (empty: none)
+        self.register_buffer("part_normals", torch.zeros(0, 3))
+        self.register_buffer("part_light", torch.zeros(0, 3))
 
     # -- construction -----------------------------------------------------------------
 
@@ -701,9 +717,12 @@ class Splat4DModel(SplatModel):
             "part_centers": torch.zeros(0, 3),
             "part_quats": torch.zeros(0, 0, 4),
             "part_shifts": torch.zeros(0, 0, 3),
+            "part_normals": torch.zeros(0, 3),
+            "part_light": torch.zeros(0, 3),
         } | state
         names = ("export_camtoworlds", "export_Ks", "control_means", "control_radii")
         names += ("part_labels", "part_centers", "part_quats", "part_shifts")
+        names += ("part_normals", "part_light")
         for name in names:
             setattr(self, name, torch.zeros_like(state[name]))  # sized by the run
         super().load_checkpoint_state(state)
@@ -758,10 +777,14 @@ class Splat4DModel(SplatModel):
         """Whether rigid parts (``rigid_parts``) move the splats instead of the field."""
         return self.part_labels.numel() > 0
 
-    def gaussians_at(self, time: Tensor | float) -> dict[str, Tensor]:
+    def gaussians_at(
+        self, time: Tensor | float, viewpoint: Tensor | None = None
+    ) -> dict[str, Tensor]:
         """The Gaussians at ``time``, raw like ``splats``: means [N,3], quats [N,4],
-        scales [N,3] (log), opacities [N] (logit), sh0 [N,1,3], shN [N,K,3]."""
-        return self.deform(time)[0]
+        scales [N,3] (log), opacities [N] (logit), sh0 [N,1,3], shN [N,K,3]. With shaded
+        rigid parts (``part_shading``) their colours are lit as seen from ``viewpoint``
+        [3] (a camera centre; None: each splat's side facing out of its part)."""
+        return self.deform(time, viewpoint=viewpoint)[0]
 
     def deform(
         self,
@@ -769,6 +792,7 @@ class Splat4DModel(SplatModel):
         motion_samples: bool = False,
         span_time: float | None = None,
         latest: float | None = None,
+        viewpoint: Tensor | None = None,
     ) -> tuple[dict[str, Tensor], tuple[Tensor, Tensor] | None]:
         """The Gaussians at ``time`` (see ``gaussians_at``) and, with ``motion_samples``,
         trajectories of random Gaussians for the motion regularisers.
@@ -790,7 +814,19 @@ class Splat4DModel(SplatModel):
             quats, shifts = parts_at(
                 self.deformation.frame_times, self.part_quats, self.part_shifts, float(time)
             )
-            return move_parts(p, self.part_labels, self.part_centers, quats, shifts), None
+            moved = move_parts(p, self.part_labels, self.part_centers, quats, shifts)
+            if self.part_light.numel() > 0:
+                moved = shade_parts(
+                    moved,
+                    self.part_normals,
+                    self.part_labels,
+                    quats,
+                    self.part_light,
+                    viewpoint,
+                    self.part_centers,
+                    shifts,
+                )
+            return moved, None
         means = p["means"]
         n = means.shape[0]
         time = torch.as_tensor(time, dtype=torch.float32, device=means.device).reshape(1)
@@ -1034,10 +1070,12 @@ class Splat4DModel(SplatModel):
         """Render ``cameras`` ([N,H,W,3] images), each at its time ``cameras.times``.
 
         Cameras at one time share one rasterization (whose meta is in ``extras``, as the
-        densification needs); cameras at different times are rendered one by one.
+        densification needs); cameras at different times are rendered one by one, and so
+        are shaded rigid parts' (each camera sees its own side of the splats).
         """
         times = self.camera_times(cameras)
-        if len(cameras) > 1 and bool((times != times[0]).any()):
+        shaded = self.has_parts and self.part_light.numel() > 0  # lit as each camera sees
+        if len(cameras) > 1 and (shaded or bool((times != times[0]).any())):
             outs = [
                 self.render(cameras[i], step, background, render_mode) for i in range(len(cameras))
             ]
@@ -1064,7 +1102,11 @@ class Splat4DModel(SplatModel):
                 t0 = self.time_range[0]
                 span = t0 + float(torch.rand(())) * (latest - t0)
             gaussians, trajectories = self.deform(
-                times[0], motion_samples=sample, span_time=span, latest=latest
+                times[0],
+                motion_samples=sample,
+                span_time=span,
+                latest=latest,
+                viewpoint=cameras.centers[0] if shaded else None,
             )
             if self.training and not self.has_parts:  # the offset penalty's input
                 extras["position_offsets"] = gaussians["means"] - self.splats["means"]
@@ -1241,6 +1283,8 @@ class Splat4DModel(SplatModel):
             "opacities": 0.05,
             "sh0": 0.03,
             "shN": 0.03 / 20,
+            "normals": 0.01,
+            "light": 0.01,
         }
         total = total_steps(
             len(frames), cfg.part_track_steps, cfg.part_map_steps, cfg.part_refine_steps
@@ -1249,7 +1293,7 @@ class Splat4DModel(SplatModel):
 
         with Progress(disable=not progress) as bar:
             task = bar.add_task("rigid parts", total=total)
-            fitted, quats, shifts = track_and_map(
+            fit = track_and_map(
                 start,
                 labels,
                 centers,
@@ -1266,13 +1310,18 @@ class Splat4DModel(SplatModel):
                 smoothness=cfg.part_smoothness,
                 length_unit=unit,
                 refine_decay=cfg.part_refine_decay,
+                shading=cfg.part_shading,
+                viewpoints=dataset.cameras.centers.to(device),
             )
-        for name, value in fitted.items():
+        for name, value in fit.gaussians.items():
             self.splats[name] = nn.Parameter(value.contiguous())
         self.part_labels = labels
         self.part_centers = centers
-        self.part_quats = quats
-        self.part_shifts = shifts
+        self.part_quats = fit.quats
+        self.part_shifts = fit.shifts
+        if fit.light is not None:
+            self.part_normals = fit.normals
+            self.part_light = fit.light
 
     def _fit_field_bounds(self) -> None:
         """Span the HexPlane over the canonical splats that are not (nearly) transparent."""
@@ -1356,7 +1405,9 @@ class Splat4DModel(SplatModel):
         device = self.background.device
         cameras = cameras.to(device)
         times = times.float().to(device)
-        frames = [self.gaussians_at(t) for t in times]
+        # (shaded rigid parts are lit as each frame's camera sees them)
+        eyes = cameras.centers
+        frames = [self.gaussians_at(t, eyes[k]) for k, t in enumerate(times)]
         if self.has_parts:
             # each pixel's point belongs to the part that most of its opacity comes
             # from, and moves rigidly with it (a blend would smear parts at their edges)
