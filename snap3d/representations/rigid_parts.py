@@ -26,6 +26,10 @@ frame by frame, as a SLAM system tracks and maps:
    a monocular video jump between frames, so the neighbours see it from the side). Its
    learning rates decay (``refine_decay``).
 
+With ``shading`` the parts are lit by a fixed distant light (``shade_parts``): a part's
+colours change as it turns, by the irradiance (degree-2 SH, fitted) from each splat's
+turned normal over that from its canonical one.
+
 Motions are stored per frame as a quaternion [F,P,4] and a shift [F,P,3] about each
 part's centre [P,3]; part 0 is the static part and stays at the identity. Between frames
 the rotation is blended (normalised lerp, ``blend_quats``) and the shift interpolated.
