@@ -416,7 +416,9 @@ class Splat4DConfig(SplatConfig):
       31.52 / 1.67%); then 4000 refinement steps: 32.37 / 1.72% (seed 1 32.08 / 1.67%).
     - not kept, shaded: an L1 between the rendered opacity and the images' alpha
       (weight 1), 31.62 / 1.90% against 32.37 / 1.72%; canonical normals held at the
-      splats' shortest axes, 31.98 / 1.71%. Unshaded, a further 2000-3000 steps after the
+      splats' shortest axes, 31.98 / 1.71%; L1 + 0.2 D-SSIM, 32.39 / 1.75%; the
+      canonical's means and scales rates halved, 31.73 / 1.69%, doubled, 28.62 / 3.00%
+      (the arm slipped; seed 1 32.08 / 1.79%). Unshaded, a further 2000-3000 steps after the
       refinement with gsplat's densification (24k -> 56k splats) gained nothing over
       the same steps without it (31.04 against 31.07 dB; shaded 32.23 against 32.09).
     - not kept: the first frame held at the identity in the refinement (29.03 / 1.82%;
@@ -473,8 +475,9 @@ class Splat4DConfig(SplatConfig):
     at a time. The bundled scene is Lambertian under one light plus ambient (a point
     on the spinning ball's equator goes from 0.6 to 0.8 of its albedo); unshaded, the
     canonical colours averaged the frames and the view-dependent SH faked the rest
-    from the training views (test 30.87 dB, training views 34.5). Seeds 0 and 1:
-    31.53 / 1.69% and 31.52 / 1.67% against 30.87 / 1.65% and 29.27 / 1.74%."""
+    from the training views (test 30.87 dB, training views 34.5). Seeds 0 and 1, with
+    2000 refinement steps: 31.53 / 1.69% and 31.52 / 1.67% against 30.87 / 1.65% and
+    29.27 / 1.74% unshaded."""
     visibility_tolerance: float = 0.02
     """Trajectory export: a point is hidden when the surface is nearer by this fraction
     of its depth."""
