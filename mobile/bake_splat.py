@@ -56,4 +56,5 @@ def bake(
             }
         )
     mode = getattr(model.config, "rasterize_mode", "classic")
-    return Baked(assets=assets, blocks={"gaussians": gaussian_settings(degree, mode)})
+    settings = gaussian_settings(degree, mode, getattr(model.config, "eps2d", None))
+    return Baked(assets=assets, blocks={"gaussians": settings})

@@ -113,17 +113,21 @@ class Baked:
 # -- writing ----------------------------------------------------------------------------
 
 
-def gaussian_settings(sh_degree: int, rasterize_mode: str) -> dict:
-    """The manifest's ``gaussians`` block: ``rasterize_gaussians``' defaults and rules."""
+def gaussian_settings(sh_degree: int, rasterize_mode: str, eps2d: float | None = None) -> dict:
+    """The manifest's ``gaussians`` block: ``rasterize_gaussians``' defaults and rules
+    (``eps2d`` the model's blur where it sets one)."""
     import inspect
 
     from snap3d.render import rasterize_gaussians
 
     defaults = inspect.signature(rasterize_gaussians).parameters
+    settings = {k: defaults[k].default for k in ("eps2d", "near_plane", "far_plane")}
+    if eps2d is not None:
+        settings["eps2d"] = float(eps2d)
     return {
         "sh_degree": sh_degree,
         "rasterize_mode": rasterize_mode,
-        **{k: defaults[k].default for k in ("eps2d", "near_plane", "far_plane")},
+        **settings,
         **GAUSSIAN_RULES,
     }
 

@@ -121,6 +121,15 @@ def test_splat_reference_render_matches_the_trained_model(splat_bundle, splat_ru
     assert min_psnr(splat_bundle, splat_run) >= FLOAT16_DB
 
 
+def test_splat_bundle_states_the_models_blur(splat_run, tmp_path):
+    from snap3d.mobile.bake_splat import bake
+
+    model, _, _ = load_model(splat_run)
+    assert bake(model, tmp_path).blocks["gaussians"]["eps2d"] == pytest.approx(0.3)
+    model.config.eps2d = 0.1
+    assert bake(model, tmp_path).blocks["gaussians"]["eps2d"] == pytest.approx(0.1)
+
+
 def test_zip_holds_the_same_files_and_validates(splat_bundle):
     archive = splat_bundle.with_name(splat_bundle.name + ".zip")
     with zipfile.ZipFile(archive) as z:

@@ -152,11 +152,11 @@ def test_covariances_match_gsplat_reference():
     torch.testing.assert_close(covariances_torch(q, s), ref, atol=1e-6, rtol=1e-5)
 
 
-def one_gaussian_model(colour=(1.0, 0.0, 0.0)) -> SplatModel:
+def one_gaussian_model(colour=(1.0, 0.0, 0.0), **config) -> SplatModel:
     scene = SceneMeta(
         bounds=[[-1, -1, -1], [1, 1, 1]], camera_extent=4.0, background=[0.0, 0.0, 0.0]
     )
-    model = SplatModel(SplatConfig(sh_degree=0), scene)
+    model = SplatModel(SplatConfig(sh_degree=0, **config), scene)
     model.set_splats(
         SplatData(
             means=torch.zeros(1, 3),
@@ -170,15 +170,16 @@ def one_gaussian_model(colour=(1.0, 0.0, 0.0)) -> SplatModel:
     return model.eval()
 
 
-def test_one_gaussian_renders_its_analytic_peak():
-    model = one_gaussian_model()
+@pytest.mark.parametrize("eps2d", [0.3, 0.1])
+def test_one_gaussian_renders_its_analytic_peak(eps2d):
+    model = one_gaussian_model(eps2d=eps2d)
     c2w = look_at(torch.tensor([[0.0, -4.0, 0.0]]), torch.zeros(1, 3))
     K = torch.tensor([[[50.0, 0, 16], [0, 50.0, 16], [0, 0, 1]]])
     with torch.no_grad():
         out = model.render(Cameras(c2w, K, 32, 32))
     # the pixel centre nearest the projected mean (16,16) is 0.5 px away in x and y
-    sigma_px = 50 * 0.2 / 4  # projected std in pixels (EWA, ignoring the tiny +eps2d blur)
-    var = sigma_px**2 + 0.3
+    sigma_px = 50 * 0.2 / 4  # projected std in pixels (EWA)
+    var = sigma_px**2 + eps2d  # plus the config's blur
     expected = 0.8 * math.exp(-0.5 * (0.25 + 0.25) / var)
     assert float(out.alpha[0, 15, 15, 0]) == pytest.approx(expected, rel=1e-4)
     assert float(out.rgb[0, 15, 15, 0]) == pytest.approx(expected, rel=1e-4)  # red over black

@@ -30,6 +30,7 @@ from snap3d.representations.splat4d import (
 )
 from snap3d.representations.trajectory import PointTrajectoryVideo
 from snap3d.train import TrainConfig, Trainer, load_model
+from snap3d.train.checkpoint import config_from_dict, config_to_dict
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 TINY = dict(
@@ -180,7 +181,7 @@ def test_the_field_starts_as_the_identity():
     model = Splat4DModel(Splat4DConfig(**TINY), SCENE)
     model.set_splats(random_splats(200))
     model.deformation.set_frames(torch.linspace(0, 1, 5))
-    static = SplatModel(SplatConfig(sh_degree=1), SCENE)
+    static = SplatModel(SplatConfig(sh_degree=1, eps2d=model.config.eps2d), SCENE)
     static.set_splats(random_splats(200))
     cams = orbit_cameras(1)
     reference = static.render(cams).rgb
@@ -589,6 +590,34 @@ def test_time_cells_scale_with_the_frames_and_come_back_from_the_run_config():
     # a run config written before frame counts were kept
     old = {k: v for k, v in SCENE.to_dict().items() if k != "num_frames"}
     assert SceneMeta.from_dict(old).num_frames == 0
+
+
+def test_the_blur_reaches_the_rasterizer_and_old_runs_keep_theirs():
+    # a Gaussian far smaller than a pixel renders as the blur alone: alpha at a pixel
+    # centre 0.5 px off its mean in x and y is o * exp(-0.5 * 0.5 / eps2d)
+    point = SplatData(
+        means=torch.zeros(1, 3),
+        quats=torch.tensor([[1.0, 0, 0, 0]]),
+        scales=torch.full((1, 3), -12.0),
+        opacities=torch.logit(torch.tensor([0.8])),
+        sh0=torch.zeros(1, 1, 3),
+        shN=torch.zeros(1, 3, 3),
+    )
+    c2w = look_at(torch.tensor([[0.0, -4.0, 0.0]]), torch.zeros(1, 3))
+    camera = Cameras(c2w, torch.tensor([[[50.0, 0, 16], [0, 50.0, 16], [0, 0, 1]]]), 32, 32)
+    for eps2d in (Splat4DConfig().eps2d, 0.3):
+        model = Splat4DModel(Splat4DConfig(**TINY | {"eps2d": eps2d}), SCENE)
+        model.set_splats(point)
+        with torch.no_grad():
+            _, alpha, _ = model.rasterize(model.gaussians_at(0.0), camera, sh_degree=1)
+        expected = 0.8 * np.exp(-0.5 * 0.5 / eps2d)
+        assert float(alpha[0, 15, 15, 0]) == pytest.approx(expected, rel=1e-4)
+    assert Splat4DConfig().eps2d == 0.1
+    # a run saved before the field existed was trained with gsplat's 0.3
+    saved = config_to_dict(Splat4DConfig(**TINY))
+    assert config_from_dict(Splat4DConfig, saved).eps2d == 0.1
+    del saved["eps2d"]
+    assert config_from_dict(Splat4DConfig, saved).eps2d == 0.3
 
 
 def test_densification_stops_at_its_fraction_of_the_steps():

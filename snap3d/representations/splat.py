@@ -78,6 +78,9 @@ class SplatConfig:
     sh0_lr: float = 2.5e-3
     shN_lr: float = 2.5e-3 / 20
     rasterize_mode: Literal["classic", "antialiased"] = "classic"
+    eps2d: float = 0.3
+    """Blur added to each projected Gaussian's 2D covariance, in pixels² (gsplat's
+    ``eps2d``): no splat renders sharper than a Gaussian of this variance."""
     backend: Literal["auto", "torch", "gsplat"] = "auto"
     opacity_reg: float = 0.0
     """L1 on opacities (MCMC uses 0.01)."""
@@ -128,7 +131,8 @@ def render_splats(
     absgrad: bool = False,
 ) -> RenderOutput:
     """Render Gaussians stored as splat parameters (log scales, opacity logits, SH [N,K,3])
-    with the rasterizer settings of ``config`` (its ``rasterize_mode`` and ``backend``);
+    with the rasterizer settings of ``config`` (its ``rasterize_mode``, ``backend`` and
+    ``eps2d`` where it has one);
     ``background`` is [3] or [N,3]."""
     if cameras.camera_model != "PINHOLE" and cameras.distortion is not None:
         raise Snap3dError(
@@ -152,6 +156,7 @@ def render_splats(
         rasterize_mode=config.rasterize_mode,
         absgrad=absgrad,
         backend=config.backend,
+        **({"eps2d": config.eps2d} if hasattr(config, "eps2d") else {}),
     )
     depth = colors[..., 3:4] if colors.shape[-1] == 4 else None
     return RenderOutput(rgb=colors[..., :3], alpha=alphas, depth=depth, extras=meta)

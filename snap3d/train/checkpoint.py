@@ -57,12 +57,17 @@ def config_to_dict(config: Any) -> dict:
 
 
 def config_from_dict(cls: type, data: dict) -> Any:
-    """Rebuild a config dataclass from ``config_to_dict`` output; unknown keys are errors."""
+    """Rebuild a config dataclass from ``config_to_dict`` output; unknown keys are errors.
+
+    A key missing from ``data`` takes the class's ``saved_defaults`` entry where it has
+    one (the value that runs saved before the field existed, or before its default
+    changed, were trained with), else the field's default."""
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = set(data) - names
     if unknown:
         raise Snap3dError(f"{cls.__name__} has no fields {sorted(unknown)}")
+    data = {**getattr(cls, "saved_defaults", {}), **data}
     kwargs = {}
     for name, value in data.items():
         kwargs[name] = _coerce(hints[name], value)
