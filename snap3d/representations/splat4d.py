@@ -411,12 +411,13 @@ class Splat4DConfig(SplatConfig):
     part most of its opacity comes from.
 
     On the bundled scene (3 parts, after the 5000-step field defaults of seeds 0, 1 and
-    2, which score 24.67 dB / 5.00%, 25.52 / 5.48% and 25.55 / 5.04% through
-    ``bench/splat4d.py``): 32.37 dB / 1.72%, 32.08 / 1.67% and 32.35 / 1.75%, in about
-    650 s more on one thread. Unshaded with 2000 refinement steps (session 14): 30.87 /
-    1.65%, 29.27 / 1.74% and 30.23 / 1.76%. Without the turn prior, the smoothness, the
-    reassignment and the decaying rates too (session 13's stage): 23.08 / 3.23%,
-    22.06 / 3.20% and 23.98 / 2.24%.
+    2, which score 25.03 dB / 4.97%, 25.69 / 5.07% and 25.56 / 5.22% through
+    ``bench/splat4d.py``): 33.79 dB / 1.02%, 33.43 / 1.06% and 33.82 / 1.01%, in about
+    750 s more on one thread. With gsplat's ``eps2d`` 0.3 (session 15): 32.37 / 1.72%,
+    32.08 / 1.67% and 32.35 / 1.75%. Unshaded with 2000 refinement steps (session 14):
+    30.87 / 1.65%, 29.27 / 1.74% and 30.23 / 1.76%. Without the turn prior, the
+    smoothness, the reassignment and the decaying rates too (session 13's stage):
+    23.08 / 3.23%, 22.06 / 3.20% and 23.98 / 2.24%.
 
     What each piece did (seed 0 unless said; test dB / trajectory %):
     - tracking alone left the checkered ball 19 deg behind by frame 2: the cameras jump
@@ -442,6 +443,10 @@ class Splat4DConfig(SplatConfig):
       (the arm slipped; seed 1 32.08 / 1.79%). Unshaded, a further 2000-3000 steps after the
       refinement with gsplat's densification (24k -> 56k splats) gained nothing over
       the same steps without it (31.04 against 31.07 dB; shaded 32.23 against 32.09).
+    - ``eps2d`` 0.1 instead of 0.3 (see it): 33.80 / 0.97% (seed 1 33.01 / 1.05%).
+    - not kept, shaded, at ``eps2d`` 0.3: the rates decaying to 0.03 or 0.01 instead of
+      0.1, 31.87 / 1.66% and 31.73 / 1.64%; SH degree 2 or 1 in this stage, 32.47 /
+      1.71% and 32.30 / 1.71%.
     - not kept: the first frame held at the identity in the refinement (29.03 / 1.82%;
       with decay 30.48 / 1.89%); splitting the largest 30% of the splats first
       (30.72 / 1.65%); the training loss (D-SSIM, random backgrounds) instead of L1
@@ -473,8 +478,8 @@ class Splat4DConfig(SplatConfig):
     it and half on random earlier frames (motions frozen)."""
     part_refine_steps: int = 4000
     """Rigid parts: joint steps on the splats and all frames' motions at the end. Shaded
-    (``part_shading``), seed 0: 31.53 dB / 1.69% at 2000, 32.37 / 1.72% at 4000 (about
-    130 s more on one thread), 32.46 / 1.68% at 6000."""
+    (``part_shading``, ``eps2d`` 0.3), seed 0: 31.53 dB / 1.69% at 2000, 32.37 / 1.72% at
+    4000 (about 130 s more on one thread), 32.46 / 1.68% at 6000."""
     part_refine_decay: float = 0.1
     """Rigid parts: the refinement's learning rates fall exponentially to this fraction
     of theirs by its last step. Seed 0: 30.87 dB / 1.65% at 0.1, against 29.39 / 1.70% at
